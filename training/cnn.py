@@ -1,0 +1,274 @@
+"""The paper's CNN (conv/BN/ReLU/max-pool blocks, dropout, dense, softmax) and its ONNX export.
+
+The model sees one window of normalised log-mel frames, ``[N, 1, n_mels, n_frames]``, and
+returns class logits plus the penultimate dense layer (the *embedding*). The exported ONNX
+graph follows the model contract of ``streamgenre.model``:
+
+- input ``logmel`` float32 ``[N, 1, n_mels, n_frames]`` (dynamic ``N``);
+- outputs ``probs`` ``[N, n_classes]`` (softmax) and ``embedding`` ``[N, D]``;
+- opset :data:`OPSET`; a JSON sidecar next to it (``<name>.json``) with the labels, window and
+  hop durations and the :class:`~streamgenre.features.FeatureRecipe`.
+
+Size is chosen for serving cost: five 3x3 conv blocks of 8/16/32/64/128 channels with 2x2
+pooling (~20 M multiply-adds per 128x128 window, 116 k parameters) run at ~1700 windows/s in
+onnxruntime on one core at batch 64 (:func:`benchmark_onnx`), above the 1000 required. Widths are
+multiples of 8 on purpose: onnxruntime's blocked conv kernels slow down by 2x otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamgenre.features import FeatureRecipe
+
+#: ONNX opset of exported models (the contract requires >= 17).
+OPSET = 18
+#: Default channel widths of the conv blocks.
+WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 128)
+
+
+class PaperCNN(nn.Module):
+    """Conv/BN/ReLU/max-pool blocks, global pooling, dropout and two dense layers.
+
+    Parameters
+    ----------
+    n_mels, n_frames : int
+        Input height (mel bands) and width (frames) of one window.
+    n_classes : int
+        Number of genres.
+    widths : tuple of int
+        Output channels of the 3x3 conv blocks, each followed by batch norm, ReLU and a 2x2
+        max-pool (so the input must be at least ``2 ** len(widths)`` in both dimensions).
+    embedding_dim : int
+        Size of the penultimate dense layer, exported as ``embedding``.
+    dropout : float
+        Dropout before each dense layer (training only).
+    """
+
+    def __init__(
+        self,
+        n_mels: int,
+        n_frames: int,
+        n_classes: int,
+        widths: tuple[int, ...] = WIDTHS,
+        embedding_dim: int = 64,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        if min(n_mels, n_frames) < 2 ** len(widths):
+            raise ValueError(f"a {n_mels}x{n_frames} window is too small for {len(widths)} pooling blocks")
+        self.input_shape = (1, n_mels, n_frames)
+        blocks: list[nn.Module] = []
+        channels = 1
+        for width in widths:
+            blocks += [
+                nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.features = nn.Sequential(*blocks)
+        # Mean and max over the remaining time-frequency grid: mean summarises texture, max keeps
+        # short salient events; both are independent of the window length.
+        self.head = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(2 * channels, embedding_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, n_classes))
+        self.embedding_dim = embedding_dim
+        self.n_classes = n_classes
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[N, n_classes]`` and embedding ``[N, embedding_dim]`` of windows ``[N, 1, M, T]``."""
+        h = self.features(x)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        embedding = self.head(pooled)
+        return self.classifier(embedding), embedding
+
+
+class _Serving(nn.Module):
+    """The graph that is exported: softmax probabilities instead of logits."""
+
+    def __init__(self, model: PaperCNN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, logmel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, embedding = self.model(logmel)
+        return torch.softmax(logits, dim=1), embedding
+
+
+def build_model(n_mels: int, n_frames: int, n_classes: int, seed: int = 0, **kwargs: Any) -> PaperCNN:
+    """A randomly initialised :class:`PaperCNN` (deterministic for a given ``seed``)."""
+    torch.manual_seed(seed)
+    return PaperCNN(n_mels, n_frames, n_classes, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def sidecar(
+    recipe: FeatureRecipe,
+    labels: list[str],
+    hop_frames: int,
+    embedding_dim: int,
+    version: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON sidecar of a model (see ``streamgenre.model``).
+
+    Parameters
+    ----------
+    recipe : FeatureRecipe
+        Front end, including the normalisation estimated on the training set.
+    labels : list of str
+        Class names, index = class.
+    hop_frames : int
+        Hop between consecutive windows, in mel frames (``hop_s = hop_frames * hop_length / sr``).
+    embedding_dim : int
+        Width of the ``embedding`` output.
+    version : str
+        Model version recorded in outputs.
+    **extra
+        Further keys (architecture, training data, metrics, ...), stored as given.
+    """
+    return {
+        "version": version,
+        "labels": list(labels),
+        "window_s": recipe.window_samples / recipe.sample_rate,
+        "hop_s": hop_frames * recipe.hop_length / recipe.sample_rate,
+        "features": recipe.to_dict(),
+        "embedding_dim": embedding_dim,
+        **extra,
+    }
+
+
+def export_onnx(
+    model: PaperCNN,
+    recipe: FeatureRecipe,
+    labels: list[str],
+    path: Path | str,
+    hop_frames: int | None = None,
+    version: str = "paper-cnn-untrained",
+    **extra: Any,
+) -> dict[str, Any]:
+    """Export ``model`` to ONNX with the serving contract and write its sidecar.
+
+    Parameters
+    ----------
+    model : PaperCNN
+        Exported in eval mode (dropout off, batch norm uses its running statistics); the
+        model's own mode is restored afterwards.
+    recipe, labels, hop_frames, version, **extra :
+        Written to the sidecar by :func:`sidecar`. ``hop_frames`` defaults to half a window.
+    path : Path or str
+        ``.onnx`` file; the sidecar is written next to it with the suffix ``.json``.
+
+    Returns
+    -------
+    dict
+        The sidecar that was written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(labels) != model.n_classes:
+        raise ValueError(f"{len(labels)} labels for a model with {model.n_classes} classes")
+    expected = (1, recipe.n_mels, recipe.n_frames)
+    if model.input_shape != expected:
+        raise ValueError(f"model expects {model.input_shape}, recipe gives {expected}")
+    was_training = model.training
+    model.eval()
+    example = torch.zeros((2, *model.input_shape), dtype=torch.float32)
+    try:
+        # The TorchScript exporter gives a plain, static graph with BN folded into the convs by
+        # onnxruntime; dynamic_axes marks only the batch dimension as symbolic.
+        torch.onnx.export(
+            _Serving(model),
+            (example,),
+            str(path),
+            input_names=["logmel"],
+            output_names=["probs", "embedding"],
+            dynamic_axes={"logmel": {0: "N"}, "probs": {0: "N"}, "embedding": {0: "N"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    finally:
+        model.train(was_training)
+    meta = sidecar(
+        recipe, labels, hop_frames if hop_frames is not None else recipe.n_frames // 2,
+        model.embedding_dim, version, n_parameters=count_parameters(model), **extra,
+    )
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def build_random_onnx(
+    path: Path | str, recipe: FeatureRecipe | None = None, labels: list[str] | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """A randomly initialised paper CNN exported with the contract (for cost benchmarks only).
+
+    Its predictions are meaningless; its graph and cost are those of the trained model.
+    ``recipe`` defaults to :func:`default_recipe`, ``labels`` to the 10 GTZAN genres.
+    """
+    from training.data import GTZAN_GENRES
+
+    recipe = recipe or default_recipe()
+    labels = list(labels or GTZAN_GENRES)
+    model = build_model(recipe.n_mels, recipe.n_frames, len(labels), seed=seed)
+    return export_onnx(model, recipe, labels, path, version="paper-cnn-random-init", trained_on="nothing")
+
+
+def default_recipe() -> FeatureRecipe:
+    """The paper CNN's front end: 22.05 kHz, 2048-point FFT, hop 512, 128 mels, dB, 128 frames.
+
+    128 frames at hop 512 are 3.04 s of audio per window. ``mean``/``std`` are placeholders
+    until :func:`training.train.fit_normaliser` estimates them on a training set.
+    """
+    return FeatureRecipe(
+        sample_rate=22050, n_fft=2048, hop_length=512, window="hann", n_mels=128, fmin=0.0, fmax=None,
+        htk=False, norm="slaney", power=2.0, log="power_to_db", ref=1.0, amin=1e-10, top_db=80.0,
+        n_frames=128,
+    )
+
+
+def benchmark_onnx(path: Path | str, batch: int = 64, threads: int = 1, seconds: float = 3.0) -> float:
+    """Windows per second of an ONNX model in onnxruntime (CPU, ``threads`` intra-op threads).
+
+    Parameters
+    ----------
+    path : Path or str
+        Model with input ``logmel``.
+    batch : int
+        Windows per call.
+    threads : int
+        ``intra_op_num_threads`` (inter-op is 1), so ``threads=1`` measures one core.
+    seconds : float
+        Measuring time after two warm-up calls.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    x = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
+    for _ in range(2):
+        session.run(None, {"logmel": x})
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {"logmel": x})
+        calls += 1
+    return calls * batch / (time.perf_counter() - start)
