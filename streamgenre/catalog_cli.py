@@ -1,0 +1,127 @@
+"""``streamgenre index`` and ``streamgenre similar``: build a catalogue, find similar tracks.
+
+:func:`register` adds both subcommands to the main parser's subparsers; each sets
+``func`` to its handler (``handler(args) -> exit code``). Errors a user can fix (a missing
+catalogue, a bad path, a catalogue built with another model) print one ``error:`` line on
+stderr and return 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+from streamgenre.config import Settings
+from streamgenre.model import GenreModel, ModelError
+from streamgenre.similarity import (
+    DEFAULT_ANN_THRESHOLD,
+    Catalog,
+    CatalogError,
+    build_catalog,
+    embed_file,
+    read_labels,
+)
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``index`` and ``similar`` subcommands to ``subparsers``."""
+    index = subparsers.add_parser(
+        "index", help="embed audio files into a similarity catalogue",
+        description="Embed audio files (folders are searched recursively, following symlinks) with the "
+                    "model and write a catalogue: embeddings.npy + tracks.json + catalog.json.",
+    )
+    index.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audio files or folders")
+    index.add_argument("--out", required=True, type=Path, help="catalogue directory to write")
+    _model_arguments(index)
+    index.add_argument("--labels", type=Path, metavar="TSV",
+                       help="known genres, one 'path<TAB>label' per line (path absolute, relative to the "
+                            "TSV, or a bare file name); default: the parent folder when it is a model label")
+    index.add_argument("--batch-size", type=int, default=64, help="windows per inference call (default 64)")
+    index.add_argument("--ann-threshold", type=int, default=DEFAULT_ANN_THRESHOLD,
+                       help=f"build an HNSW index from this many tracks on (default {DEFAULT_ANN_THRESHOLD})")
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
+    index.set_defaults(func=run_index)
+
+    similar = subparsers.add_parser(
+        "similar", help="catalogue tracks most similar to an audio file",
+        description="Rank the catalogue's tracks by cosine similarity of their embeddings to FILE's.",
+    )
+    similar.add_argument("file", type=Path, metavar="FILE", help="audio file to query with")
+    similar.add_argument("--catalog", required=True, type=Path, help="catalogue directory")
+    similar.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
+    similar.add_argument("--json", action="store_true",
+                         help="print a JSON list of {rank, path, score, genre, label}, best first")
+    _model_arguments(similar)
+    similar.add_argument("--ann-threshold", type=int, default=DEFAULT_ANN_THRESHOLD,
+                         help=f"use the HNSW index from this many tracks on "
+                              f"(default {DEFAULT_ANN_THRESHOLD})")
+    similar.set_defaults(func=run_similar)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=None,
+                        help="ONNX model (sidecar beside it); "
+                             "default: STREAMGENRE_MODEL_PATH or the shipped model")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="onnxruntime threads (default: all cores)")
+
+
+def _load_model(args: argparse.Namespace) -> GenreModel:
+    return GenreModel(args.model or Settings().model_path, threads=args.threads)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def run_index(args: argparse.Namespace) -> int:
+    """Handler of ``streamgenre index``: build the catalogue, report skipped files."""
+    try:
+        labels = read_labels(args.labels) if args.labels else None
+        model = _load_model(args)
+        catalog = build_catalog(args.paths, model, args.out, labels=labels, progress=not args.no_progress,
+                                batch_size=args.batch_size, ann_threshold=args.ann_threshold)
+    except (FileNotFoundError, ValueError, ModelError, CatalogError) as exc:
+        return _fail(str(exc))
+    for path, reason in catalog.skipped:
+        print(f"skipped: {path}: {reason}", file=sys.stderr)
+    search = "HNSW index" if catalog.info.get("ann") else "exact search"
+    print(f"indexed {len(catalog)} tracks into {args.out} ({search}, model {catalog.model_version}); "
+          f"{len(catalog.skipped)} unreadable files skipped", file=sys.stderr)
+    return 0
+
+
+def run_similar(args: argparse.Namespace) -> int:
+    """Handler of ``streamgenre similar``: print FILE's nearest catalogue tracks."""
+    if args.k < 1:
+        return _fail(f"-k must be at least 1, got {args.k}")
+    if not args.file.is_file():
+        return _fail(f"no such audio file: {args.file}")
+    try:
+        catalog = Catalog.load(args.catalog, ann_threshold=args.ann_threshold)
+        model = _load_model(args)
+        catalog.check_model(model)
+        query = embed_file(args.file, model)
+    except (ModelError, CatalogError) as exc:
+        return _fail(str(exc))
+    except (sf.LibsndfileError, OSError) as exc:
+        return _fail(f"cannot read {args.file}: {exc}")
+    results = [{"rank": rank, **catalog.describe(i, score)}
+               for rank, (i, score) in enumerate(catalog.query(query.embedding, args.k), 1)]
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    width = max([len("genre"), *(len(r["genre"]) for r in results)])
+    print(f"{'rank':>4}  {'score':>6}  {'genre':<{width}}  path")
+    for r in results:
+        print(f"{r['rank']:>4}  {r['score']:6.3f}  {r['genre']:<{width}}  {r['path']}")
+    return 0

@@ -1,0 +1,562 @@
+"""Track embeddings, an on-disk catalogue of them, and nearest-neighbour search.
+
+A *track embedding* is the mean of the model's per-window ``embedding`` outputs over the whole
+track, L2-normalised, so the cosine similarity of two tracks is the dot product of their
+embeddings. The windows are cut by :func:`streamgenre.features.clip_windows` with the model's
+own hop, exactly as training and the daemon cut them.
+
+A :class:`Catalog` is a directory (format in ``docs/similarity.md``)::
+
+    catalog/
+        embeddings.npy   float32 [N, D], rows L2-normalised, row i = tracks[i]
+        tracks.json      [{"path", "duration_s", "genre", "probs", "label"}, ...]
+        catalog.json     {"format", "format_version", "model_version", "embedding_dim", ...}
+        ann.hnsw         optional HNSW index, only for catalogues of >= ann_threshold tracks
+
+Search is exact (one matrix-vector product) below ``ann_threshold`` tracks (default 100 000,
+about 10 ms a query at D = 200 on one core) and approximate above it, with an HNSW graph from
+``hnswlib`` (the optional extra ``streamgenre[ann]``). Without ``hnswlib`` a large catalogue is
+still searched, exactly, and a log line says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from streamgenre.features import clip_windows, resample, to_mono
+from streamgenre.model import GenreModel
+
+log = logging.getLogger(__name__)
+
+#: File extensions that :func:`find_audio` picks up inside folders (case-insensitive).
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".aif")
+#: Catalogues with at least this many tracks are searched with the ANN index when available.
+DEFAULT_ANN_THRESHOLD = 100_000
+#: HNSW parameters; see the benchmark in ``docs/similarity.md`` for why these values.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 200
+
+FORMAT_NAME = "streamgenre-catalog"
+FORMAT_VERSION = 1
+EMBEDDINGS_FILE = "embeddings.npy"
+TRACKS_FILE = "tracks.json"
+INFO_FILE = "catalog.json"
+ANN_FILE = "ann.hnsw"
+
+
+class CatalogError(RuntimeError):
+    """A catalogue is missing, malformed, empty, or does not belong to the model in use."""
+
+
+@dataclass(frozen=True)
+class TrackEmbedding:
+    """What the model says about one whole track.
+
+    Attributes
+    ----------
+    embedding : np.ndarray, shape (D,), float32
+        Mean of the window embeddings, L2-normalised (all zeros if that mean is zero).
+    probs : np.ndarray, shape (C,), float32
+        Mean of the window probabilities (the clip prediction of the model contract).
+    n_windows : int
+        Windows the track was cut into.
+    duration_s : float
+        Duration of the decoded audio, in seconds.
+    """
+
+    embedding: np.ndarray
+    probs: np.ndarray
+    n_windows: int
+    duration_s: float
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Scale vectors (the last axis) to unit length; zero vectors stay zero. Returns float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def load_audio(path: Path | str, sample_rate: int) -> tuple[np.ndarray, float]:
+    """Decode a file with soundfile, downmix to mono and resample.
+
+    Parameters
+    ----------
+    path : Path or str
+        Any format libsndfile reads (wav, flac, ogg, mp3, au, aiff).
+    sample_rate : int
+        Target rate in Hz.
+
+    Returns
+    -------
+    y : np.ndarray, shape (n_samples,), float32
+        Mono audio at ``sample_rate``.
+    duration_s : float
+        Duration of the file as decoded.
+
+    Raises
+    ------
+    soundfile.LibsndfileError, OSError
+        The file cannot be read or decoded.
+    """
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=False)
+    return resample(to_mono(audio), int(sr), sample_rate), audio.shape[0] / sr
+
+
+def embed_audio(y: np.ndarray, model: GenreModel, batch_size: int = 64, duration_s: float | None = None
+                ) -> TrackEmbedding:
+    """Track embedding and mean probabilities of mono audio at the model's sample rate.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+        Mono audio at ``model.recipe.sample_rate``.
+    model : GenreModel
+    batch_size : int
+        Windows per inference call.
+    duration_s : float, optional
+        Recorded in the result; defaults to ``len(y) / sample_rate``.
+
+    Returns
+    -------
+    TrackEmbedding
+
+    Notes
+    -----
+    A track shorter than one window is zero-padded to one window, so that every readable file
+    gets an embedding; its neighbours are then less reliable.
+    """
+    recipe = model.recipe
+    if duration_s is None:
+        duration_s = y.shape[0] / recipe.sample_rate
+    if y.shape[0] < recipe.window_samples:
+        y = np.pad(y, (0, recipe.window_samples - y.shape[0]))
+    windows = clip_windows(y, recipe, model.spec.hop_frames)
+    probs, embeddings = zip(*(model.predict(windows[i : i + batch_size])
+                              for i in range(0, len(windows), batch_size)), strict=True)
+    return TrackEmbedding(
+        embedding=l2_normalise(np.concatenate(embeddings).mean(axis=0)),
+        probs=np.concatenate(probs).mean(axis=0).astype(np.float32),
+        n_windows=len(windows),
+        duration_s=float(duration_s),
+    )
+
+
+def embed_file(path: Path | str, model: GenreModel, batch_size: int = 64) -> TrackEmbedding:
+    """:func:`embed_audio` of a file decoded by :func:`load_audio`."""
+    y, duration_s = load_audio(path, model.recipe.sample_rate)
+    return embed_audio(y, model, batch_size, duration_s)
+
+
+def find_audio(paths: Iterable[Path | str]) -> list[Path]:
+    """Audio files named directly or found recursively in folders.
+
+    Parameters
+    ----------
+    paths : iterable of Path or str
+        Files (taken as they are, whatever their extension) or folders (searched recursively,
+        following symlinks, for files with an extension of :data:`AUDIO_EXTENSIONS`).
+
+    Returns
+    -------
+    list of Path
+        Absolute paths (symlinks kept as named, not resolved), each once, in the order given,
+        folders' contents sorted.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path does not exist.
+    """
+    found: dict[str, Path] = {}
+    for given in paths:
+        path = Path(os.path.abspath(given))
+        if path.is_file():
+            found.setdefault(str(path), path)
+        elif path.is_dir():
+            for file in _walk(path):
+                found.setdefault(str(file), file)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {given}")
+    return list(found.values())
+
+
+def _walk(root: Path) -> list[Path]:
+    out: list[Path] = []
+    # Real paths of folders already entered: a symlink pointing to an ancestor would otherwise loop.
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        out.extend(Path(folder) / name for name in sorted(files)
+                   if Path(name).suffix.lower() in AUDIO_EXTENSIONS and (Path(folder) / name).is_file())
+    return out
+
+
+def read_labels(tsv: Path | str) -> dict[str, str]:
+    """Read a label mapping: one ``path<TAB>label`` per line.
+
+    Blank lines and lines starting with ``#`` are skipped. A path is absolute, relative to the
+    TSV's folder, or a bare file name (then it matches a track of that name in any folder).
+
+    Returns
+    -------
+    dict of str to str
+        Keys are absolute paths, or bare file names as written.
+    """
+    tsv = Path(tsv)
+    mapping: dict[str, str] = {}
+    for number, line in enumerate(tsv.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 2 or not parts[0] or not parts[1].strip():
+            raise ValueError(f"{tsv}:{number}: expected 'path<TAB>label', got {line!r}")
+        key = parts[0] if os.sep not in parts[0] else os.path.abspath(tsv.parent / parts[0])
+        mapping[key] = parts[1].strip()
+    return mapping
+
+
+def track_label(path: Path, known_labels: Sequence[str],
+                mapping: Mapping[str, str] | None = None) -> str | None:
+    """Ground-truth label of a track, if any.
+
+    An entry of ``mapping`` (from :func:`read_labels`, by absolute path then file name) wins;
+    otherwise the parent folder's name when it is one of ``known_labels`` (the GTZAN layout
+    ``<genre>/<clip>``); otherwise None.
+    """
+    if mapping:
+        label = mapping.get(str(path), mapping.get(path.name))
+        if label is not None:
+            return label
+    return path.parent.name if path.parent.name in known_labels else None
+
+
+def _load_hnswlib() -> Any | None:
+    try:
+        import hnswlib
+    except ImportError:
+        return None
+    return hnswlib
+
+
+class Catalog:
+    """Track embeddings plus metadata, searchable by cosine similarity.
+
+    Parameters
+    ----------
+    embeddings : np.ndarray, shape (N, D)
+        L2-normalised track embeddings (normalised again here, harmlessly).
+    tracks : list of dict
+        One per row: ``path``, ``duration_s``, ``genre`` (predicted), ``probs``, ``label``.
+    info : dict
+        The ``catalog.json`` object (``model_version``, ``embedding_dim``, ...).
+    ann_threshold : int
+        Use the HNSW index when there are at least this many tracks and ``hnswlib`` imports.
+    ann_index : hnswlib.Index, optional
+        A ready index over ``embeddings`` (else one is built when first needed).
+
+    Attributes
+    ----------
+    skipped : list of (str, str)
+        Files :func:`build_catalog` could not read, with the reason; empty for loaded catalogues
+        (their ``info["skipped"]`` keeps the list).
+    """
+
+    def __init__(self, embeddings: np.ndarray, tracks: list[dict[str, Any]], info: dict[str, Any],
+                 ann_threshold: int = DEFAULT_ANN_THRESHOLD, ann_index: Any | None = None) -> None:
+        embeddings = l2_normalise(embeddings)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(tracks):
+            raise CatalogError(f"embeddings of shape {embeddings.shape} do not match {len(tracks)} tracks")
+        self.embeddings = embeddings
+        self.tracks = tracks
+        self.info = info
+        self.ann_threshold = ann_threshold
+        self.skipped: list[tuple[str, str]] = []
+        #: Where the catalogue lives on disk (set by :meth:`load` and :meth:`save`).
+        self.directory: Path | None = None
+        self._ann = ann_index
+        self._ann_checked = ann_index is not None
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def model_version(self) -> str:
+        return str(self.info.get("model_version"))
+
+    @property
+    def uses_ann(self) -> bool:
+        """Whether queries go through the HNSW index (builds or loads it on first use)."""
+        return self._ann_index() is not None
+
+    @classmethod
+    def load(cls, directory: Path | str, ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> Catalog:
+        """Open a catalogue directory written by :meth:`save` / :func:`build_catalog`.
+
+        Raises
+        ------
+        CatalogError
+            The directory or one of its files is missing or inconsistent.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CatalogError(f"catalogue not found: {directory} (build one with `streamgenre index`)")
+        required = (EMBEDDINGS_FILE, TRACKS_FILE, INFO_FILE)
+        missing = [name for name in required if not (directory / name).is_file()]
+        if missing:
+            raise CatalogError(f"{directory} is not a catalogue: missing {', '.join(missing)}")
+        try:
+            info = json.loads((directory / INFO_FILE).read_text())
+            tracks = json.loads((directory / TRACKS_FILE).read_text())
+            embeddings = np.load(directory / EMBEDDINGS_FILE)
+        except (ValueError, OSError) as exc:
+            raise CatalogError(f"cannot read catalogue {directory}: {exc}") from exc
+        if info.get("format") != FORMAT_NAME or info.get("format_version") != FORMAT_VERSION:
+            raise CatalogError(f"{directory}: unsupported catalogue format "
+                               f"{info.get('format')!r} v{info.get('format_version')}")
+        if embeddings.ndim != 2 or embeddings.shape[1] != info.get("embedding_dim"):
+            raise CatalogError(f"{directory}: embeddings {embeddings.shape} disagree with "
+                               f"embedding_dim {info.get('embedding_dim')}")
+        catalog = cls(embeddings, tracks, info, ann_threshold)
+        catalog.directory = directory
+        return catalog
+
+    def save(self, directory: Path | str) -> None:
+        """Write the catalogue (and the HNSW index if one is in use) into ``directory``.
+
+        Each file is written under a temporary name and renamed, so a reader (the daemon)
+        never sees a half-written file; a stale ``ann.hnsw`` is removed.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.info["n_tracks"] = len(self)
+        self.info["embedding_dim"] = self.dim
+        ann = self._ann_index()
+        self.info["ann"] = ({"library": "hnswlib", "file": ANN_FILE, "M": HNSW_M,
+                             "ef_construction": HNSW_EF_CONSTRUCTION} if ann is not None else None)
+        _atomic_write(directory / EMBEDDINGS_FILE, lambda p: np.save(p, self.embeddings))
+        _atomic_write(directory / TRACKS_FILE, lambda p: p.write_text(json.dumps(self.tracks, indent=1)))
+        if ann is not None:
+            _atomic_write(directory / ANN_FILE, lambda p: ann.save_index(str(p)))
+        else:
+            (directory / ANN_FILE).unlink(missing_ok=True)
+        # catalog.json last: its presence with matching n_tracks marks a complete catalogue.
+        _atomic_write(directory / INFO_FILE, lambda p: p.write_text(json.dumps(self.info, indent=1)))
+        self.directory = directory
+
+    def check_model(self, model: GenreModel) -> None:
+        """Raise :class:`CatalogError` unless ``model`` is the one the catalogue was built with.
+
+        Embeddings of different models live in unrelated spaces, so comparing them would give
+        confident nonsense rather than an error.
+        """
+        dim = model.spec.model_extra.get("embedding_dim") if model.spec.model_extra else None
+        if model.version != self.model_version or (dim is not None and dim != self.dim):
+            raise CatalogError(
+                f"model mismatch: the catalogue was built with model version {self.model_version!r} "
+                f"(embedding dim {self.dim}), but {model.path} is version {model.version!r}"
+                f"{f' (dim {dim})' if dim is not None else ''}; rebuild the catalogue with "
+                "`streamgenre index` or pass the catalogue's model with --model"
+            )
+
+    def _ann_index(self) -> Any | None:
+        if self._ann_checked:
+            return self._ann
+        self._ann_checked = True
+        if len(self) < self.ann_threshold:
+            return None
+        hnswlib = _load_hnswlib()
+        if hnswlib is None:
+            log.warning("hnswlib is not installed: searching %d tracks exactly (slower); "
+                        "install the extra streamgenre[ann] for the HNSW index", len(self))
+            return None
+        index = hnswlib.Index(space="ip", dim=self.dim)
+        saved = self.directory / ANN_FILE if self.directory is not None else None
+        if saved is not None and saved.is_file():
+            index.load_index(str(saved), max_elements=len(self))
+        else:
+            started = time.perf_counter()
+            index.init_index(max_elements=len(self), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
+                             random_seed=0)
+            index.add_items(self.embeddings, np.arange(len(self)), num_threads=os.cpu_count() or 1)
+            log.info("built HNSW index over %d tracks in %.1f s", len(self), time.perf_counter() - started)
+        if index.get_current_count() != len(self):
+            raise CatalogError(f"{saved} holds {index.get_current_count()} items, catalogue {len(self)}")
+        self._ann = index
+        return index
+
+    def query(self, embedding: np.ndarray, k: int = 10) -> list[tuple[int, float]]:
+        """The ``k`` tracks most similar to one embedding.
+
+        Parameters
+        ----------
+        embedding : np.ndarray, shape (D,)
+            A track embedding (normalised here, so a raw mean of window embeddings is fine).
+        k : int
+            Number of neighbours (fewer if the catalogue is smaller).
+
+        Returns
+        -------
+        list of (int, float)
+            ``(row index, cosine similarity)``, most similar first; exact search breaks ties by
+            row index.
+        """
+        query = l2_normalise(np.asarray(embedding, dtype=np.float32).reshape(-1))
+        if query.shape[0] != self.dim:
+            raise CatalogError(f"query embedding has dimension {query.shape[0]}, catalogue {self.dim}")
+        k = min(k, len(self))
+        if k <= 0:
+            return []
+        ann = self._ann_index()
+        if ann is not None:
+            ann.set_ef(max(HNSW_EF_SEARCH, k))
+            labels, distances = ann.knn_query(query[None], k=k)
+            # hnswlib's "ip" space returns 1 - <a, b>.
+            return [(int(i), float(1.0 - d)) for i, d in zip(labels[0], distances[0], strict=True)]
+        scores = self.embeddings @ query
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(self) else np.arange(len(self))
+        top = top[np.lexsort((top, -scores[top]))]
+        return [(int(i), float(scores[i])) for i in top]
+
+    def neighbours(self, embeddings: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
+        """Catalogue tracks that sound most like a stretch of audio, as JSON-ready dicts.
+
+        Meant for the live daemon: pass the window embeddings of a stream's recent audio (say
+        the last 30 s); their mean, L2-normalised, is queried exactly as a track embedding is.
+
+        Parameters
+        ----------
+        embeddings : np.ndarray, shape (n_windows, D) or (D,)
+            Raw ``embedding`` outputs of the model, one row per window.
+        k : int
+            Number of neighbours.
+
+        Returns
+        -------
+        list of dict
+            ``{"path", "score", "genre", "label"}`` per neighbour, best first; ``score`` is the
+            cosine similarity, ``genre`` the model's prediction for that track, ``label`` its
+            known genre or None. Empty when ``embeddings`` has no rows.
+        """
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim == 2 and embeddings.shape[0] == 0:
+            return []
+        mean = embeddings.mean(axis=0) if embeddings.ndim == 2 else embeddings
+        return [self.describe(i, score) for i, score in self.query(mean, k)]
+
+    def describe(self, index: int, score: float) -> dict[str, Any]:
+        """``{"path", "score", "genre", "label"}`` of row ``index`` with a similarity ``score``."""
+        track = self.tracks[index]
+        return {"path": track["path"], "score": round(float(score), 6), "genre": track["genre"],
+                "label": track.get("label")}
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    write(tmp)
+    tmp.replace(path)
+
+
+def build_catalog(
+    paths: Iterable[Path | str],
+    model: GenreModel,
+    out: Path | str,
+    labels: Mapping[str, str] | None = None,
+    progress: bool = True,
+    batch_size: int = 64,
+    ann_threshold: int = DEFAULT_ANN_THRESHOLD,
+) -> Catalog:
+    """Embed every audio file under ``paths`` and write a catalogue to ``out``.
+
+    Parameters
+    ----------
+    paths : iterable of Path or str
+        Files and/or folders (see :func:`find_audio`).
+    model : GenreModel
+        The model whose embeddings are stored; its version is recorded in ``catalog.json``.
+    out : Path or str
+        Catalogue directory, created if needed; an existing catalogue there is replaced.
+    labels : mapping of str to str, optional
+        Ground-truth labels (see :func:`read_labels` and :func:`track_label`).
+    progress : bool
+        Show a tqdm progress bar on stderr.
+    batch_size : int
+        Windows per inference call.
+    ann_threshold : int
+        Build and save the HNSW index when the catalogue has at least this many tracks.
+
+    Returns
+    -------
+    Catalog
+        Its :attr:`Catalog.skipped` lists the files that could not be decoded (also logged as
+        warnings and stored in ``catalog.json``); they are left out, the rest is indexed.
+
+    Raises
+    ------
+    FileNotFoundError
+        A path does not exist.
+    CatalogError
+        No audio was found, or none of it could be read.
+    """
+    files = find_audio(paths)
+    if not files:
+        raise CatalogError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+    embeddings: list[np.ndarray] = []
+    tracks: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    for path in tqdm(files, desc="indexing", unit="track", disable=not progress):
+        try:
+            track = embed_file(path, model, batch_size)
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
+            # A corrupt or unsupported file must not abort a long indexing run; it is reported.
+            skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
+            log.warning("skipped unreadable file %s: %s", path, exc)
+            continue
+        embeddings.append(track.embedding)
+        tracks.append({
+            "path": str(path),
+            "duration_s": round(track.duration_s, 3),
+            "genre": model.labels[int(np.argmax(track.probs))],
+            "probs": [round(float(p), 5) for p in track.probs],
+            "label": track_label(path, model.labels, labels),
+        })
+    if skipped:
+        log.warning("%d of %d files could not be read and were skipped", len(skipped), len(files))
+    if not tracks:
+        raise CatalogError(f"none of the {len(files)} audio files could be read")
+    info = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_version": model.version,
+        "model_path": str(model.path),
+        "labels": list(model.labels),
+        "embedding_dim": int(embeddings[0].shape[0]),
+        "hop_s": model.spec.hop_s,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "skipped": [{"path": p, "error": e} for p, e in skipped],
+    }
+    catalog = Catalog(np.stack(embeddings), tracks, info, ann_threshold)
+    catalog.skipped = skipped
+    catalog.save(out)
+    return catalog
