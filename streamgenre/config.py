@@ -1,0 +1,95 @@
+"""Settings: the one place that reads the environment (prefix ``STREAMGENRE_``).
+
+Every field here is documented in the README's configuration table; deploy files (Helm
+ConfigMap, docker-compose) use the same names, so renaming a field is an interface change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "model" / "genre_cnn.onnx"
+
+
+class Settings(BaseSettings):
+    """Configuration of the daemon and the CLI tools, loaded from ``STREAMGENRE_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMGENRE_", extra="ignore")
+
+    # Kafka
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
+    group_id: str = Field("streamgenre", description="Consumer group of the daemon's workers.")
+    input_topic: str = Field("audio.chunks", description="Topic of incoming audio chunks.")
+    output_topic: str = Field("genre.predictions", description="Topic of per-window predictions.")
+    events_topic: str = Field("genre.events", description="Topic of genre-change events.")
+    dlq_topic: str = Field("audio.chunks.dlq", description="Dead-letter topic for undecodable input.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: str | None = Field(None, description="CA bundle for Kafka TLS.")
+    ssl_certfile: str | None = Field(None, description="Client certificate for Kafka mTLS.")
+    ssl_keyfile: str | None = Field(None, description="Client key for Kafka mTLS.")
+    session_timeout_ms: int = Field(6000, description="Consumer group session timeout.")
+    heartbeat_interval_ms: int = Field(1000, description="Consumer heartbeat interval.")
+    max_poll_interval_ms: int = Field(60000, description="Max time between polls before the member is evicted.")
+    max_message_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted chunk; larger goes to the DLQ.")
+    producer_linger_ms: int = Field(5, description="Producer batching delay.")
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
+        None, description="Producer compression of output topics."
+    )
+    broker_retry_max_s: float = Field(30.0, description="Upper bound of the reconnect backoff when the broker is down.")
+
+    # Redis
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL (password and TLS via rediss:// go here; never logged).",
+    )
+    redis_prefix: str = Field("streamgenre", description="Prefix of every Redis key.")
+    redis_latest_ttl_s: int = Field(3600, description="TTL of {prefix}:{stream}:latest.")
+    redis_timeline_maxlen: int = Field(10000, description="Approximate cap (MAXLEN ~) of the timeline stream.")
+    redis_retry_s: float = Field(2.0, description="How long a failed Redis write is retried before it is skipped.")
+
+    # Model and pipeline
+    model_path: Path = Field(SHIPPED_MODEL, description="ONNX model; its JSON sidecar sits beside it.")
+    ort_threads: int = Field(1, description="onnxruntime intra-op threads.")
+    hop_s: float | None = Field(None, description="Seconds between windows; default: the sidecar's hop_s.")
+    max_batch: int = Field(64, description="Largest inference micro-batch.")
+    max_wait_ms: float = Field(20.0, description="Longest a complete window waits for its batch to fill.")
+    queue_max_chunks: int = Field(2000, description="Bounded work queue; partitions pause when it is full.")
+    ema_alpha: float = Field(0.3, description="Weight of the newest window in the smoothed probabilities.")
+    change_min_s: float = Field(6.0, description="A new genre must lead this long before a change event.")
+    idle_timeout_s: float = Field(300.0, description="Streams silent this long are evicted.")
+    max_gap_s: float = Field(1.0, description="A ts jump beyond this (vs. audio received) resets the window.")
+    max_streams: int = Field(20000, description="Upper bound of concurrently tracked streams.")
+
+    # Similarity (live neighbours in Redis)
+    catalog_path: Path | None = Field(None, description="Catalogue for live neighbours; off when unset.")
+    neighbours_k: int = Field(5, description="Neighbours attached to :latest when a catalogue is set.")
+    neighbours_window_s: float = Field(30.0, description="Recent audio whose embeddings are averaged for neighbours.")
+
+    # Operations
+    metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics, /healthz, /readyz.")
+    metrics_port: int = Field(9100, description="Port of /metrics, /healthz, /readyz.")
+    drain_timeout_s: float = Field(5.0, description="Graceful shutdown budget after SIGTERM.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    def kafka_security(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for TLS/SASL, passed through unchanged."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, key):
+                options[key] = getattr(self, key)
+        return options

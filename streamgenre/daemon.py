@@ -1,0 +1,279 @@
+"""The daemon's lifecycle: startup → poll loop (+ worker thread) → drain → shutdown.
+
+Two threads, because they have opposite needs:
+
+* the **poll thread** owns the Kafka consumer (which is not thread-safe): it polls, keeps the
+  group membership alive, pauses partitions when the worker falls behind (backpressure),
+  commits the offsets the worker declares safe, and runs the rebalance callbacks;
+* the **worker thread** owns the :class:`~streamgenre.pipeline.Pipeline`: decoding, features,
+  inference and publishing, all CPU-bound, so the poll loop never waits for them and
+  ``max_poll_interval_ms`` is never at risk.
+
+They talk through a bounded queue of records (poll → worker) and a dict of commit offsets
+(worker → poll). A rebalance or shutdown puts a :class:`_Barrier` into the queue: when the
+worker reaches it, everything before it has been processed, published and flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from kafka.errors import KafkaError
+
+from streamgenre.config import Settings
+from streamgenre.metrics import Health, Metrics, serve_http
+from streamgenre.model import GenreModel
+from streamgenre.pipeline import NeighbourIndex, Pipeline
+from streamgenre.sinks import KafkaSink, RedisSink, SinkError
+from streamgenre.source import ChunkSource, Record
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_INTERVAL_S = 1.0
+HOUSEKEEPING_INTERVAL_S = 2.0
+
+
+@dataclass
+class _Barrier:
+    """Ask the worker to checkpoint, then forget the given partitions' streams."""
+
+    drop: set[int]
+    offsets: dict[int, int] = field(default_factory=dict)
+    ok: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Item:
+    generation: int
+    record: Record
+
+
+class Daemon:
+    """One worker process of the consumer group. ``run()`` blocks until shutdown.
+
+    Parameters
+    ----------
+    settings : Settings
+    catalog : NeighbourIndex, optional
+        Catalogue for live neighbours (``settings.catalog_path`` loads one in the CLI).
+    """
+
+    def __init__(self, settings: Settings, catalog: NeighbourIndex | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.metrics = Metrics()
+        self.health = Health()
+        self.should_exit = threading.Event()
+        self.started = threading.Event()
+        self._queue: queue.Queue[_Item | _Barrier] = queue.Queue(maxsize=settings.queue_max_chunks)
+        self._overflow: list[Record] = []
+        self._paused = False
+        self._generation = 0
+        self._commit_lock = threading.Lock()
+        self._to_commit: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
+        self._worker_stop = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.should_exit.set())
+        self.startup()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        """Ask for a graceful shutdown (what SIGTERM does)."""
+        self.should_exit.set()
+
+    def startup(self) -> None:
+        s = self.settings
+        self.model = GenreModel(s.model_path, threads=s.ort_threads)
+        self.health.model_loaded = True
+        self.metrics.model_info.labels(self.model.version).set(1)
+        self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
+        self.kafka = KafkaSink(s)
+        self.redis = RedisSink(s)
+        self.health.redis_ok = self.redis.ping()
+        self.pipeline = Pipeline(s, self.model, self.kafka, self.redis, self.metrics, self.catalog)
+        self.source = self._connect_source()
+        self._worker = threading.Thread(target=self._work, name="worker", daemon=True)
+        self._worker.start()
+        log.info("model %s, window %.2fs every %.2fs; consuming %s as group %s",
+                 self.model.version, self.model.spec.window_s, self.pipeline.hop_s, s.input_topic, s.group_id)
+
+    def _connect_source(self) -> ChunkSource:
+        """Bounded-backoff retry until the broker answers (or we are told to exit)."""
+        delay = 0.5
+        while True:
+            try:
+                source = ChunkSource(self.settings, self._on_revoked, self._on_assigned)
+                self.health.broker_ok = True
+                return source
+            except KafkaError as exc:
+                self.health.broker_ok = False
+                log.warning("broker %s unreachable (%s); retrying in %.1fs",
+                            self.settings.bootstrap_servers, exc, delay)
+                if self.should_exit.wait(delay):
+                    raise SystemExit(1) from exc
+                delay = min(delay * 2, self.settings.broker_retry_max_s)
+
+    def main_loop(self) -> None:
+        self.started.set()
+        next_housekeeping = 0.0
+        while not self.should_exit.is_set():
+            records = self.source.poll(timeout_ms=50)
+            self._overflow.extend(records)
+            self._feed_worker()
+            self._commit_ready()
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
+                self._housekeeping()
+
+    def shutdown(self) -> None:
+        """Drain: stop polling, finish what the worker holds, flush, commit, leave the group.
+
+        Records still queued are *not* processed: they are after the last commit, so the next
+        owner replays them. That keeps the drain within ``drain_timeout_s`` even under a backlog.
+        """
+        started = time.monotonic()
+        log.info("draining (budget %.1fs)", self.settings.drain_timeout_s)
+        if hasattr(self, "source"):
+            self._generation += 1  # makes every queued record stale
+            self._overflow.clear()
+            barrier = self._barrier(set(), self.settings.drain_timeout_s)
+            if barrier.ok:
+                self._commit_now(barrier.offsets)
+            self._worker_stop.set()
+            try:
+                self.source.close()
+            except KafkaError as exc:
+                log.warning("consumer close: %s", exc)
+        if hasattr(self, "kafka"):
+            self.kafka.close(timeout_s=max(0.5, self.settings.drain_timeout_s - (time.monotonic() - started)))
+            self.redis.close()
+            self.http.shutdown()
+            self.http.server_close()
+        log.info("stopped after %.2fs drain", time.monotonic() - started)
+
+    # -- poll thread -------------------------------------------------------------------------
+    def _feed_worker(self) -> None:
+        """Move polled records into the bounded queue; pause partitions while it is full."""
+        while self._overflow:
+            try:
+                self._queue.put_nowait(_Item(self._generation, self._overflow[0]))
+            except queue.Full:
+                break
+            self._overflow.pop(0)
+        if self._overflow and not self._paused:
+            self.source.pause(self.source.assigned())
+            self._paused = True
+        elif self._paused and not self._overflow and self._queue.qsize() < self._queue.maxsize // 2:
+            self.source.resume(self.source.assigned())
+            self._paused = False
+        self.metrics.queue_depth.set(self._queue.qsize() + len(self._overflow))
+        self.metrics.paused_partitions.set(len(self.source.assigned()) if self._paused else 0)
+
+    def _commit_ready(self) -> None:
+        with self._commit_lock:
+            offsets, self._to_commit = self._to_commit, {}
+        self._commit_now(offsets)
+
+    def _commit_now(self, offsets: dict[int, int]) -> None:
+        fresh = {p: o for p, o in offsets.items() if o > self._committed.get(p, -1)}
+        # A paranoid check: the worker derives offsets from state that only moves forward; a
+        # smaller offset than the last commit would mean replaying audio we already published.
+        regressed = {p: o for p, o in offsets.items() if o < self._committed.get(p, -1)}
+        if regressed:
+            log.error("refusing to commit offsets that go backwards: %s (committed %s)", regressed, self._committed)
+        if not fresh:
+            return
+        try:
+            self.source.commit(fresh)
+            self._committed.update(fresh)
+        except KafkaError as exc:
+            log.warning("commit failed (will retry with the next checkpoint): %s", exc)
+
+    def _housekeeping(self) -> None:
+        self.health.broker_ok = self.source.connected()
+        self.health.redis_ok = self.redis.up or self.redis.ping()
+        self.metrics.ready.set(1 if self.health.ready else 0)
+        self.metrics.redis_up.set(1 if self.health.redis_ok else 0)
+        for partition, lag in self.source.lag().items():
+            self.metrics.consumer_lag.labels(self.settings.input_topic, str(partition)).set(lag)
+
+    def _barrier(self, drop: set[int], timeout_s: float) -> _Barrier:
+        barrier = _Barrier(drop)
+        try:
+            self._queue.put(barrier, timeout=timeout_s)
+            barrier.done.wait(timeout_s)
+        except queue.Full:
+            log.error("worker did not take the barrier within %.1fs", timeout_s)
+        return barrier
+
+    def _on_revoked(self, partitions: set[int]) -> None:
+        """Rebalance, step 1 (poll thread): flush outputs, commit, forget those partitions."""
+        log.info("partitions revoked: %s", sorted(partitions))
+        self._generation += 1
+        self._overflow.clear()
+        barrier = self._barrier(partitions, self.settings.max_poll_interval_ms / 2000)
+        if barrier.ok:
+            self._commit_now({p: o for p, o in barrier.offsets.items() if p in partitions})
+        for partition in partitions:
+            self._committed.pop(partition, None)
+        if self._paused:
+            self._paused = False  # a new assignment starts unpaused
+
+    def _on_assigned(self, partitions: set[int]) -> None:
+        """Rebalance, step 2: positions come from the committed offsets; nothing else to do."""
+        log.info("partitions assigned: %s", sorted(partitions))
+        self.health.broker_ok = True
+
+    # -- worker thread -----------------------------------------------------------------------
+    def _work(self) -> None:
+        pipeline = self.pipeline
+        next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL_S
+        next_eviction = time.monotonic() + HOUSEKEEPING_INTERVAL_S
+        while not self._worker_stop.is_set():
+            wait = pipeline.batcher.seconds_until_due(time.monotonic())
+            try:
+                item = self._queue.get(timeout=0.05 if wait is None else min(wait, 0.05))
+            except queue.Empty:
+                item = None
+            if isinstance(item, _Item) and item.generation == self._generation:
+                pipeline.process(item.record)
+            elif isinstance(item, _Barrier):
+                item.ok, item.offsets = self._checkpoint()
+                pipeline.drop_partitions(item.drop)
+                item.done.set()
+            now = time.monotonic()
+            if pipeline.batch_due(now) or (item is None and len(pipeline.batcher)):
+                pipeline.run_batch()
+            if now >= next_checkpoint:
+                ok, offsets = self._checkpoint()
+                next_checkpoint = now + CHECKPOINT_INTERVAL_S
+                if ok:
+                    with self._commit_lock:
+                        self._to_commit.update(offsets)
+            if now >= next_eviction:
+                pipeline.evict_idle(now)
+                next_eviction = now + HOUSEKEEPING_INTERVAL_S
+
+    def _checkpoint(self) -> tuple[bool, dict[int, int]]:
+        try:
+            offsets = self.pipeline.checkpoint()
+        except SinkError as exc:
+            self.health.broker_ok = False
+            log.warning("outputs not acknowledged, not committing: %s", exc)
+            return False, {}
+        return True, offsets

@@ -1,0 +1,136 @@
+"""``streamgenre demo``: the whole product on one machine, started and stopped by itself.
+
+Starts the embedded broker, uses Redis at the configured URL (or starts a private
+``redis-server`` when none answers), runs the daemon, streams audio into it as concurrent live
+streams and prints the live timeline; then shuts everything down in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import redis
+import soundfile as sf
+
+from streamgenre.config import Settings
+from streamgenre.daemon import Daemon
+from streamgenre.devbroker import DevBroker, ensure_topics, free_port, wait_for_port
+from streamgenre.ingest import ingest
+from streamgenre.tail import follow
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+AUDIO_SUFFIXES = {".wav", ".au", ".ogg", ".flac", ".mp3"}
+
+
+def demo_sources(files: list[str], per_genre: int = 1) -> list[Path]:
+    """Files given on the command line, else GTZAN (full, then the mini copy), else nothing."""
+    if files:
+        return [Path(f) for f in files]
+    for root in (SHARED_DATA / "gtzan", SHARED_DATA / "gtzan-mini"):
+        if root.is_dir():
+            picked = []
+            for genre_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "splits"):
+                clips = sorted(p for p in genre_dir.iterdir() if p.suffix in AUDIO_SUFFIXES)
+                picked.extend(clips[-per_genre:])
+            if picked:
+                return picked
+    return []
+
+
+def generated_tones(directory: Path, seconds: float = 20.0, sample_rate: int = 22050) -> list[Path]:
+    """Three synthetic 'stations' (chord, noise bursts, chirps) for machines without audio data."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    rng = np.random.default_rng(7)
+    signals = {
+        "chords": sum(0.2 * np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)),
+        "beats": rng.normal(0, 0.3, t.size) * (np.sin(2 * np.pi * 2 * t) > 0.6),
+        "chirps": 0.4 * np.sin(2 * np.pi * (200 + 400 * (t % 2)) * t),
+    }
+    paths = []
+    for name, signal in signals.items():
+        path = directory / f"generated_{name}.wav"
+        sf.write(path, signal.astype(np.float32), sample_rate)
+        paths.append(path)
+    return paths
+
+
+@contextlib.contextmanager
+def redis_for_demo(url: str) -> Iterator[str]:
+    """Yield a Redis URL that answers: the configured one, or a private redis-server."""
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+        yield url
+        return
+    except redis.RedisError:
+        pass
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(f"no Redis answers at {url} and redis-server is not on PATH")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, 10)
+        print(f"started redis-server on 127.0.0.1:{port}")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def run_demo(settings: Settings, files: list[str], speed: float, max_streams: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="streamgenre-demo-") as tmp:
+        sources = demo_sources(files)[:max_streams] or generated_tones(Path(tmp))
+        for source in sources:
+            if not source.is_file():
+                raise FileNotFoundError(f"{source}: no such file")
+        with DevBroker(log_path=Path(tmp) / "broker.log") as broker, redis_for_demo(
+            settings.redis_url.get_secret_value()
+        ) as redis_url:
+            print(f"broker (tansu) on {broker.bootstrap}")
+            settings = settings.model_copy(update={
+                "bootstrap_servers": broker.bootstrap, "redis_url": redis_url, "metrics_port": free_port(),
+                "change_min_s": min(settings.change_min_s, 6.0),
+            })
+            ensure_topics(settings, partitions=4)
+            daemon = Daemon(settings)
+            daemon_thread = threading.Thread(target=daemon.run, name="daemon")
+            daemon_thread.start()
+            if not daemon.started.wait(60):
+                raise RuntimeError("daemon did not start within 60 s")
+            print(f"daemon up: metrics on http://127.0.0.1:{settings.metrics_port}/metrics")
+            print(f"streaming {len(sources)} files at {speed}x real time:")
+            ingesters = [
+                threading.Thread(target=ingest, args=(settings, [str(src)], src.stem),
+                                 kwargs={"speed": speed}, daemon=True)
+                for src in sources
+            ]
+            for thread in ingesters:
+                thread.start()
+            stop = threading.Event()
+            watcher = threading.Thread(target=follow, args=(settings, stop), daemon=True)
+            watcher.start()
+            try:
+                for thread in ingesters:
+                    thread.join()
+                time.sleep(5.0)  # the last windows of each stream are still in flight
+            except KeyboardInterrupt:
+                print("interrupted")
+            finally:
+                stop.set()
+                watcher.join(5)
+                daemon.stop()
+                daemon_thread.join(30)
+            snapshot = redis.Redis.from_url(redis_url)
+            latest = {k.decode() for k in snapshot.keys(f"{settings.redis_prefix}:*:latest")}
+            print(f"done: {int(daemon.metrics.windows._value.get())} windows classified; "
+                  f"{len(latest)} streams have a latest prediction in Redis")
+    return 0

@@ -1,0 +1,235 @@
+"""Streaming log-mel features: the single definition shared by the daemon and ``training/``.
+
+The model contract (``model/*.json``, key ``features``) fixes the recipe. For a window that
+starts at sample ``s`` the model input is exactly::
+
+    (LOG(librosa.feature.melspectrogram(y=y[s:s + L], sr, n_fft, hop_length, win_length,
+                                        window, center=False, n_mels, fmin, fmax, htk,
+                                        norm, power)) - mean) / std
+
+with ``L = n_fft + (n_frames - 1) * hop_length``. Because ``center=False`` frames never look
+outside the window, the mel frames of a window are a contiguous slice of the mel frames of the
+whole stream whenever the window starts on a hop boundary. That is what makes streaming cheap:
+:class:`StreamingLogMel` turns arriving audio into mel frames once, and a window is a slice
+(:func:`window_input`), so the overlap of consecutive windows is never recomputed.
+
+LOG is either ``power_to_db`` (librosa's, with a *scalar* ``ref``; ``top_db`` clips relative to
+the window's own maximum, so it is applied per window in :func:`window_input`) or ``log10_1p``
+(musicnn's ``log10(log_scale * S + 1)``, element-wise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import librosa
+import numpy as np
+
+LogKind = Literal["power_to_db", "log10_1p"]
+
+
+@dataclass(frozen=True)
+class FeatureRecipe:
+    """Every parameter of the log-mel front end, as stored in the model sidecar.
+
+    Parameters
+    ----------
+    sample_rate : int
+        Rate in Hz that audio is resampled to before analysis.
+    n_fft, hop_length, win_length : int
+        STFT size, hop and analysis-window length, in samples.
+    window : str
+        Window name understood by ``scipy.signal.get_window`` (e.g. ``"hann"``).
+    n_mels, fmin, fmax, htk, norm :
+        Mel filterbank, as in ``librosa.filters.mel`` (``fmin``/``fmax`` in Hz).
+    power : float
+        Exponent of the magnitude spectrogram (2.0 = power).
+    log : {"power_to_db", "log10_1p"}
+        Compression applied to the mel spectrogram.
+    ref, amin, top_db : float
+        ``librosa.power_to_db`` parameters (``log="power_to_db"`` only; ``top_db`` may be None).
+    log_scale : float
+        ``S`` multiplier of ``log10(log_scale * S + 1)`` (``log="log10_1p"`` only).
+    mean, std : float or list of float
+        Normalisation, scalars or one value per mel band.
+    n_frames : int
+        Mel frames per model window.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 2048
+    hop_length: int = 512
+    win_length: int | None = None
+    window: str = "hann"
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float | None = None
+    htk: bool = False
+    norm: str | None = "slaney"
+    power: float = 2.0
+    log: LogKind = "power_to_db"
+    ref: float = 1.0
+    amin: float = 1e-10
+    top_db: float | None = 80.0
+    log_scale: float = 10000.0
+    mean: float | list[float] = 0.0
+    std: float | list[float] = 1.0
+    n_frames: int = 128
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureRecipe:
+        """Build a recipe from a sidecar's ``features`` object; unknown keys are an error."""
+        known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown feature recipe keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__ if not f.startswith("_")}
+
+    @property
+    def window_samples(self) -> int:
+        """Samples covered by one model window: ``n_fft + (n_frames - 1) * hop_length``."""
+        return self.n_fft + (self.n_frames - 1) * self.hop_length
+
+    @property
+    def mel_basis(self) -> np.ndarray:
+        """``(n_mels, 1 + n_fft // 2)`` float32 filterbank, built once per recipe."""
+        if "mel_basis" not in self._cache:
+            self._cache["mel_basis"] = librosa.filters.mel(
+                sr=self.sample_rate, n_fft=self.n_fft, n_mels=self.n_mels, fmin=self.fmin,
+                fmax=self.fmax, htk=self.htk, norm=self.norm,
+            ).astype(np.float32)
+        return self._cache["mel_basis"]
+
+    @property
+    def fft_window(self) -> np.ndarray:
+        """Analysis window zero-padded to ``n_fft``, exactly as ``librosa.stft`` builds it."""
+        if "fft_window" not in self._cache:
+            win = librosa.filters.get_window(self.window, self.win_length or self.n_fft, fftbins=True)
+            self._cache["fft_window"] = librosa.util.pad_center(win, size=self.n_fft).astype(np.float32)
+        return self._cache["fft_window"]
+
+    @property
+    def normaliser(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` shaped ``(n_mels, 1)`` so they broadcast over frames."""
+        if "normaliser" not in self._cache:
+            mean = np.broadcast_to(np.asarray(self.mean, np.float32), (self.n_mels,))[:, None]
+            std = np.broadcast_to(np.asarray(self.std, np.float32), (self.n_mels,))[:, None]
+            self._cache["normaliser"] = (mean, std)
+        return self._cache["normaliser"]
+
+
+def mel_frames(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """Mel spectrogram frames of ``y`` with ``center=False``, before the log.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+        Mono audio at ``recipe.sample_rate``.
+    recipe : FeatureRecipe
+
+    Returns
+    -------
+    np.ndarray, shape (n_mels, n_frames), float32
+        ``n_frames = 1 + (n_samples - n_fft) // hop_length`` (0 when too short). Equal to
+        ``librosa.feature.melspectrogram(..., center=False)`` on the same samples.
+
+    Hand-written framing + ``np.fft.rfft`` instead of calling librosa per window because the
+    streaming path needs frames of *arbitrary* stretches of audio without recomputing the ones
+    it already has, and because a single batched rfft over all new frames of all streams is
+    about twice as fast as librosa's per-call overhead; parity with librosa is a test.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if y.shape[0] < recipe.n_fft:
+        return np.zeros((recipe.n_mels, 0), np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(y, recipe.n_fft)[:: recipe.hop_length]
+    spectrum = np.abs(np.fft.rfft(frames * recipe.fft_window, axis=1))
+    if recipe.power != 1.0:
+        spectrum = spectrum**recipe.power
+    return (recipe.mel_basis @ spectrum.astype(np.float32).T).astype(np.float32)
+
+
+def compress(mel: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """Element-wise part of LOG (everything except ``top_db``, which needs the whole window)."""
+    if recipe.log == "log10_1p":
+        return np.log10(recipe.log_scale * mel + 1.0).astype(np.float32)
+    floor = np.maximum(recipe.amin, mel)
+    return (10.0 * np.log10(floor) - 10.0 * np.log10(max(recipe.amin, recipe.ref))).astype(np.float32)
+
+
+def window_input(log_frames: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """Turn a ``(n_mels, n_frames)`` slice of compressed frames into one model input.
+
+    Applies ``top_db`` (relative to this window's maximum, as ``librosa.power_to_db`` does)
+    and the sidecar's normalisation. Returns float32 ``(1, n_mels, n_frames)``.
+    """
+    if log_frames.shape != (recipe.n_mels, recipe.n_frames):
+        raise ValueError(f"expected ({recipe.n_mels}, {recipe.n_frames}) frames, got {log_frames.shape}")
+    if recipe.log == "power_to_db" and recipe.top_db is not None:
+        log_frames = np.maximum(log_frames, log_frames.max() - recipe.top_db)
+    mean, std = recipe.normaliser
+    return ((log_frames - mean) / std).astype(np.float32)[None]
+
+
+def log_mel(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """Compressed mel frames of a whole clip: ``compress(mel_frames(y))``, shape (n_mels, T)."""
+    return compress(mel_frames(y, recipe), recipe)
+
+
+def clip_windows(y: np.ndarray, recipe: FeatureRecipe, hop_frames: int) -> np.ndarray:
+    """Model inputs for every window of a clip, starting every ``hop_frames`` mel frames.
+
+    Used by training and offline tools so that they cut windows exactly as the daemon does.
+    Returns float32 ``(n_windows, 1, n_mels, n_frames)``; ``n_windows`` is 0 for short clips.
+    """
+    frames = log_mel(y, recipe)
+    starts = range(0, frames.shape[1] - recipe.n_frames + 1, hop_frames)
+    windows = [window_input(frames[:, s : s + recipe.n_frames], recipe) for s in starts]
+    if not windows:
+        return np.zeros((0, 1, recipe.n_mels, recipe.n_frames), np.float32)
+    return np.stack(windows)
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Downmix ``(n_samples,)`` or ``(n_samples, channels)`` audio to float32 mono."""
+    audio = np.asarray(audio, dtype=np.float32)
+    return audio if audio.ndim == 1 else audio.mean(axis=1, dtype=np.float32)
+
+
+def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample a whole signal with soxr (through librosa); identity when the rates match."""
+    if orig_sr == target_sr:
+        return np.asarray(y, dtype=np.float32)
+    return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
+
+
+class StreamingLogMel:
+    """Incremental log-mel for one stream: push audio, get only the *new* frames.
+
+    Keeps at most ``n_fft - hop_length`` samples between calls (the part of the next frame
+    already received), so memory is bounded regardless of stream length. Feeding a signal in
+    chunks of any sizes yields exactly the frames :func:`log_mel` gives for the whole signal.
+    """
+
+    def __init__(self, recipe: FeatureRecipe) -> None:
+        self.recipe = recipe
+        self._pending = np.zeros(0, np.float32)
+
+    def push(self, y: np.ndarray) -> np.ndarray:
+        """Append mono samples at ``recipe.sample_rate``; return the new compressed frames."""
+        buf = np.concatenate([self._pending, np.asarray(y, np.float32)]) if self._pending.size else y
+        frames = log_mel(buf, self.recipe)
+        consumed = frames.shape[1] * self.recipe.hop_length
+        self._pending = np.array(buf[consumed:], dtype=np.float32)
+        return frames
+
+    def reset(self) -> None:
+        self._pending = np.zeros(0, np.float32)
+
+    @property
+    def pending_samples(self) -> int:
+        return int(self._pending.size)

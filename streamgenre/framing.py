@@ -1,0 +1,219 @@
+"""Per-stream framing: decoded chunks in, model-ready windows out (pure, no I/O).
+
+For each stream we keep a resampler, the incremental log-mel front end and a buffer of the mel
+frames not yet fully used, so the frames that consecutive windows share are computed once.
+
+Windows sit on an absolute grid: window ``k`` covers model-rate samples
+``[k * hop, k * hop + L)`` of the producer's clock (``ts`` header, epoch based). That is what
+makes ``window_seq = k`` stable across a restart: after a replay from the committed offset the
+same audio lands on the same grid, so consumers can drop duplicates by
+``(stream_id, window_seq)``. Within a segment, position is counted in samples (``ts`` is only
+millisecond-precise); a ``seq`` gap or a ``ts`` that disagrees with the audio received so far
+starts a new segment rather than gluing unrelated audio into one window.
+
+Every stream also remembers the Kafka offsets of the chunks that the *next* window still needs,
+which bounds what the daemon may commit (see ``docs/RELIABILITY.md``).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
+
+from streamgenre.features import FeatureRecipe, StreamingLogMel, window_input
+from streamgenre.wire import Chunk
+
+
+@dataclass
+class Window:
+    """One complete window, ready for inference."""
+
+    stream_id: str
+    partition: int
+    window_seq: int
+    logmel: np.ndarray
+    t_start: float
+    t_end: float
+    completed_at: float
+    chunk_ts_ms: int
+
+
+@dataclass
+class PushResult:
+    windows: list[Window] = field(default_factory=list)
+    reset_reason: str | None = None
+    duplicate: bool = False
+
+
+class StreamState:
+    """Resampler, feature front end, frame buffer and needed offsets of one stream segment.
+
+    Memory is bounded: the frame buffer holds ``n_frames + hop_frames`` mel frames (hop never
+    exceeds the window), the feature
+    front end fewer than ``n_fft`` samples, the resampler its filter state, and the offset
+    list one entry per chunk of the current window.
+    """
+
+    def __init__(self, stream_id: str, partition: int, recipe: FeatureRecipe, hop_frames: int,
+                 input_rate: int, anchor_ms: int, seq: int) -> None:
+        self.stream_id = stream_id
+        self.partition = partition
+        self.recipe = recipe
+        self.hop_frames = hop_frames
+        self.hop_samples = hop_frames * recipe.hop_length
+        self.input_rate = input_rate
+        self.anchor_ms = anchor_ms
+        self.last_seq = seq - 1
+        self.input_samples = 0
+        self.last_activity = 0.0
+        anchor = round(anchor_ms * recipe.sample_rate / 1000)
+        self.anchor_sample = anchor
+        self.next_window = math.ceil(anchor / self.hop_samples)
+        # Samples between the segment start and the first grid point never make a window.
+        self._skip = self.next_window * self.hop_samples - anchor
+        self._features = StreamingLogMel(recipe)
+        # soxr's streaming resampler keeps filter state across chunks, so chunk boundaries
+        # leave no seams; librosa.resample only works on whole signals.
+        self._resampler = (
+            soxr.ResampleStream(input_rate, recipe.sample_rate, 1, dtype="float32", quality="HQ")
+            if input_rate != recipe.sample_rate else None
+        )
+        self._frames = np.zeros((recipe.n_mels, recipe.n_frames + hop_frames), np.float32)
+        self._n_frames = 0  # valid frames in the buffer, the first belongs to window next_window
+        self._chunk_starts: collections.deque[tuple[int, int]] = collections.deque()
+
+    def expected_ts_ms(self) -> float:
+        return self.anchor_ms + 1000.0 * self.input_samples / self.input_rate
+
+    def push(self, samples: np.ndarray, offset: int, ts_ms: int, received_at: float,
+             last: bool = False) -> list[Window]:
+        """Append a chunk's mono samples (at ``input_rate``); return the windows it completed."""
+        chunk_start = self.anchor_sample + round(self.input_samples * self.recipe.sample_rate / self.input_rate)
+        self._chunk_starts.append((offset, chunk_start))
+        self.input_samples += samples.shape[0]
+        self.last_activity = received_at
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples, last=last)
+        if self._skip:
+            dropped = min(self._skip, samples.shape[0])
+            samples, self._skip = samples[dropped:], self._skip - dropped
+        new_frames = self._features.push(samples)
+        windows: list[Window] = []
+        while new_frames.shape[1]:
+            room = self._frames.shape[1] - self._n_frames
+            taken = min(room, new_frames.shape[1])
+            self._frames[:, self._n_frames : self._n_frames + taken] = new_frames[:, :taken]
+            self._n_frames += taken
+            new_frames = new_frames[:, taken:]
+            if self._n_frames >= self.recipe.n_frames:
+                windows.append(self._emit(received_at, ts_ms))
+        self._forget_consumed_chunks()
+        return windows
+
+    def _emit(self, received_at: float, ts_ms: int) -> Window:
+        n_frames, sr = self.recipe.n_frames, self.recipe.sample_rate
+        start = self.next_window * self.hop_samples
+        window = Window(
+            stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
+            logmel=window_input(self._frames[:, :n_frames], self.recipe),
+            t_start=start / sr, t_end=(start + self.recipe.window_samples) / sr,
+            completed_at=received_at, chunk_ts_ms=ts_ms,
+        )
+        # Slide by one hop. A shift rather than a wrap-around ring: the model needs a
+        # contiguous window anyway, and the copy is tiny next to the FFTs that made the frames.
+        keep = max(0, self._n_frames - self.hop_frames)
+        self._frames[:, :keep] = self._frames[:, self._n_frames - keep : self._n_frames]
+        self._n_frames = keep
+        self.next_window += 1
+        return window
+
+    def _forget_consumed_chunks(self) -> None:
+        next_start = self.next_window * self.hop_samples
+        while len(self._chunk_starts) > 1 and self._chunk_starts[1][1] <= next_start:
+            self._chunk_starts.popleft()
+
+    def needed_offset(self) -> int | None:
+        """Offset of the oldest chunk that the next window still needs (None: none yet)."""
+        return self._chunk_starts[0][0] if self._chunk_starts else None
+
+    def state_bytes(self) -> int:
+        return self._frames.nbytes + 4 * self._features.pending_samples + 16 * len(self._chunk_starts)
+
+
+class Framer:
+    """All stream states of one worker; turns decoded chunks into windows.
+
+    Parameters
+    ----------
+    recipe : FeatureRecipe
+        The model's feature recipe (sidecar).
+    hop_frames : int
+        Window hop in mel frames.
+    max_gap_s : float
+        Largest tolerated disagreement between a chunk's ``ts`` and the audio received so far.
+    max_streams : int
+        Bound on tracked streams; beyond it the least recently active stream is evicted.
+    """
+
+    def __init__(self, recipe: FeatureRecipe, hop_frames: int, max_gap_s: float = 1.0,
+                 max_streams: int = 20000) -> None:
+        if hop_frames > recipe.n_frames:
+            raise ValueError("hop must not exceed the window: gaps between windows are not supported")
+        self.recipe = recipe
+        self.hop_frames = hop_frames
+        self.max_gap_ms = 1000.0 * max_gap_s
+        self.max_streams = max_streams
+        self.streams: dict[str, StreamState] = {}
+
+    def push(self, chunk: Chunk, partition: int, offset: int, received_at: float) -> PushResult:
+        """Feed one decoded chunk; returns completed windows and whether the stream was reset."""
+        headers = chunk.headers
+        state = self.streams.get(chunk.stream_id)
+        result = PushResult()
+        if state is not None:
+            if headers.seq <= state.last_seq and headers.seq != 0:
+                result.duplicate = True
+                return result
+            if chunk.sample_rate != state.input_rate or state.partition != partition:
+                result.reset_reason = "format"
+            elif headers.seq != state.last_seq + 1:
+                result.reset_reason = "seq_gap"
+            elif abs(headers.ts - state.expected_ts_ms()) > self.max_gap_ms:
+                result.reset_reason = "time_jump"
+            if result.reset_reason:
+                state = None
+        if state is None:
+            if chunk.stream_id not in self.streams and len(self.streams) >= self.max_streams:
+                oldest = min(self.streams.values(), key=lambda s: s.last_activity)
+                del self.streams[oldest.stream_id]
+            state = StreamState(chunk.stream_id, partition, self.recipe, self.hop_frames,
+                                chunk.sample_rate, headers.ts, headers.seq)
+            self.streams[chunk.stream_id] = state
+        state.last_seq = headers.seq
+        result.windows = state.push(chunk.samples, offset, headers.ts, received_at, last=headers.eos)
+        if headers.eos:
+            del self.streams[chunk.stream_id]
+        return result
+
+    def evict_idle(self, now: float, idle_timeout_s: float) -> list[str]:
+        idle = [sid for sid, s in self.streams.items() if now - s.last_activity > idle_timeout_s]
+        for sid in idle:
+            del self.streams[sid]
+        return idle
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        for sid in [sid for sid, s in self.streams.items() if s.partition in partitions]:
+            del self.streams[sid]
+
+    def needed_offsets(self) -> dict[int, int]:
+        """Per partition, the oldest offset an open window still needs."""
+        needed: dict[int, int] = {}
+        for state in self.streams.values():
+            offset = state.needed_offset()
+            if offset is not None:
+                needed[state.partition] = min(offset, needed.get(state.partition, offset))
+        return needed

@@ -1,0 +1,122 @@
+"""Prometheus metrics and the health endpoints (``/metrics``, ``/healthz``, ``/readyz``).
+
+Metric names are an interface: the Grafana dashboard and the alert rules under ``deploy/``
+query them, and a test checks every name used there exists in a live ``/metrics`` page.
+Each daemon owns a private :class:`CollectorRegistry` so that several daemons (tests,
+benchmarks) can run in one process without clashing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """All metrics of one daemon, registered in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.window_latency = Histogram(
+            "streamgenre_window_latency_seconds", "Window complete (audio received) to prediction published.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e_latency = Histogram(
+            "streamgenre_e2e_latency_seconds", "Producer ts of the window's last chunk to prediction published.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(
+            "streamgenre_inference_seconds", "onnxruntime time per micro-batch.", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "streamgenre_batch_size", "Windows per inference micro-batch.", buckets=BATCH_BUCKETS, registry=r)
+        self.chunks = Counter("streamgenre_chunks", "Audio chunks consumed.", registry=r)
+        self.bytes = Counter("streamgenre_bytes", "Audio payload bytes consumed.", registry=r)
+        self.windows = Counter("streamgenre_windows", "Windows classified and published.", registry=r)
+        self.predictions_by_genre = Counter(
+            "streamgenre_predictions", "Published windows by (raw) predicted genre.", ["genre"], registry=r)
+        self.genre_changes = Counter("streamgenre_genre_changes", "Genre-change events emitted.", registry=r)
+        self.decode_errors = Counter(
+            "streamgenre_decode_errors", "Input messages that could not be decoded, by reason.", ["reason"], registry=r)
+        self.dlq_messages = Counter(
+            "streamgenre_dlq_messages", "Messages written to the dead-letter topic, by reason.", ["reason"], registry=r)
+        self.seq_gaps = Counter("streamgenre_seq_gaps", "Per-stream seq gaps (window reset).", registry=r)
+        self.window_resets = Counter(
+            "streamgenre_window_resets", "Stream windows reset, by reason (seq_gap, time_jump, format).",
+            ["reason"], registry=r)
+        self.redis_errors = Counter("streamgenre_redis_errors", "Redis pipeline writes that failed.", registry=r)
+        self.redis_skipped = Counter(
+            "streamgenre_redis_skipped_windows", "Windows not written to Redis because it was down.", registry=r)
+        self.active_streams = Gauge("streamgenre_active_streams", "Streams with open state.", registry=r)
+        self.consumer_lag = Gauge(
+            "streamgenre_consumer_lag", "Records behind the fetch high-water mark, per partition.",
+            ["topic", "partition"], registry=r)
+        self.queue_depth = Gauge("streamgenre_queue_depth", "Chunks waiting for the worker.", registry=r)
+        self.paused_partitions = Gauge("streamgenre_paused_partitions", "Partitions paused by backpressure.", registry=r)
+        self.ready = Gauge("streamgenre_ready", "1 when the model is loaded and the broker reachable.", registry=r)
+        self.redis_up = Gauge("streamgenre_redis_up", "1 when the last Redis write succeeded.", registry=r)
+        self.model_info = Gauge("streamgenre_model_info", "Loaded model (value 1).", ["version"], registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass
+class Health:
+    """What ``/readyz`` reports; the daemon updates it, the HTTP thread only reads it."""
+
+    model_loaded: bool = False
+    broker_ok: bool = False
+    redis_ok: bool = False
+
+    @property
+    def ready(self) -> bool:
+        # Redis is a cache of the Kafka output: losing it degrades, it does not stop the service.
+        return self.model_loaded and self.broker_ok
+
+    def body(self) -> dict[str, object]:
+        return {
+            "ready": self.ready,
+            "degraded": self.ready and not self.redis_ok,
+            "model_loaded": self.model_loaded,
+            "broker": "ok" if self.broker_ok else "unreachable",
+            "redis": "ok" if self.redis_ok else "down",
+        }
+
+
+def serve_http(metrics: Metrics, health: Callable[[], Health], host: str, port: int) -> ThreadingHTTPServer:
+    """Start the metrics/health server in a daemon thread; returns it so the caller can stop it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b'{"alive": true}', "application/json")
+            elif path == "/readyz":
+                state = health()
+                self._send(200 if state.ready else 503, json.dumps(state.body()).encode(), "application/json")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            """Scrapes every few seconds would drown the daemon's own log."""
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

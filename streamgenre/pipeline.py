@@ -1,0 +1,223 @@
+"""The worker's pipeline: record → decode → frame → micro-batch → infer → smooth → outputs.
+
+Owned by one worker thread; the only I/O it does is through the sinks it is given. It also
+knows, per partition, which offset is safe to commit: see :meth:`Pipeline.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Protocol
+
+import numpy as np
+
+from streamgenre.batching import MicroBatcher
+from streamgenre.config import Settings
+from streamgenre.framing import Framer, Window
+from streamgenre.metrics import Metrics
+from streamgenre.model import GenreModel
+from streamgenre.sinks import KafkaSink, OutMessage, RedisSink
+from streamgenre.smoothing import GenreSmoother
+from streamgenre.source import Record
+from streamgenre.wire import BadInput, GenreEvent, Prediction, Reason, decode_chunk, rounded_probs
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "internal_error"
+
+
+class NeighbourIndex(Protocol):
+    """What live neighbours need from a catalogue (see :mod:`streamgenre.similarity`)."""
+
+    def neighbours(self, embeddings: np.ndarray, k: int) -> list[dict]: ...
+
+
+class Pipeline:
+    """Everything between a consumed record and the published outputs, for one worker.
+
+    Parameters
+    ----------
+    settings : Settings
+    model : GenreModel
+        Loaded model; its sidecar fixes the features and the window hop (unless
+        ``settings.hop_s`` overrides the hop).
+    kafka : KafkaSink
+        Receives predictions, events and dead letters.
+    redis : RedisSink or None
+        Latest + timeline cache; None disables it.
+    metrics : Metrics
+    catalog : NeighbourIndex, optional
+        When given, the top-k catalogue neighbours of each stream's recent audio are attached
+        to its Redis ``latest`` value.
+    """
+
+    def __init__(self, settings: Settings, model: GenreModel, kafka: KafkaSink, redis: RedisSink | None,
+                 metrics: Metrics, catalog: NeighbourIndex | None = None) -> None:
+        self.settings = settings
+        self.model = model
+        self.kafka = kafka
+        self.redis = redis
+        self.metrics = metrics
+        self.catalog = catalog
+        recipe = model.recipe
+        hop_frames = (
+            max(1, round(settings.hop_s * recipe.sample_rate / recipe.hop_length))
+            if settings.hop_s else model.spec.hop_frames
+        )
+        self.hop_s = hop_frames * recipe.hop_length / recipe.sample_rate
+        self.framer = Framer(recipe, hop_frames, settings.max_gap_s, settings.max_streams)
+        self.batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms)
+        self.smoothers: dict[str, GenreSmoother] = {}
+        self.recent_embeddings: dict[str, collections.deque[np.ndarray]] = {}
+        self.last_offset: dict[int, int] = {}
+
+    # -- input -----------------------------------------------------------------------------
+    def process(self, record: Record) -> None:
+        """Decode one record and add the windows it completes to the batcher. Never raises."""
+        self.metrics.chunks.inc()
+        self.metrics.bytes.inc(len(record.value or b""))
+        try:
+            chunk = decode_chunk(record.key, record.value, record.headers, self.settings.max_message_bytes)
+            result = self.framer.push(chunk, record.partition, record.offset, record.received_at)
+        except BadInput as exc:
+            self.metrics.decode_errors.labels(exc.reason.value).inc()
+            self.dead_letter(record, exc.reason.value, exc.detail)
+        except Exception as exc:  # a bug must cost one message, not the stream of every station
+            log.exception("unexpected error on %s[%d]@%d", record.topic, record.partition, record.offset)
+            self.dead_letter(record, INTERNAL_ERROR, repr(exc))
+        else:
+            if result.reset_reason:
+                self.metrics.window_resets.labels(result.reset_reason).inc()
+                if result.reset_reason == "seq_gap":
+                    self.metrics.seq_gaps.inc()
+            now = time.monotonic()
+            for window in result.windows:
+                self.batcher.add(window, now)
+        self.last_offset[record.partition] = record.offset
+
+    def dead_letter(self, record: Record, reason: str, detail: str) -> None:
+        """Forward the original key, bytes and headers with the reason; nothing is dropped."""
+        headers = [(k, v) for k, v in record.headers if not k.startswith("dlq-")] + [
+            ("dlq-reason", reason.encode()),
+            ("dlq-detail", detail[:1000].encode("utf-8", "replace")),
+            ("dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ]
+        self.kafka.send(OutMessage(self.settings.dlq_topic, record.key, record.value or b"", headers))
+        self.metrics.dlq_messages.labels(reason).inc()
+
+    # -- inference and outputs ---------------------------------------------------------------
+    def batch_due(self, now: float) -> bool:
+        return self.batcher.due(now)
+
+    def run_batch(self) -> None:
+        """Infer one micro-batch and publish its predictions, events and Redis writes."""
+        windows = self.batcher.take(time.monotonic())
+        if not windows:
+            return
+        started = time.perf_counter()
+        probs, embeddings = self.model.predict(np.stack([w.logmel for w in windows]))
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(windows))
+        timeline: list[tuple[str, bytes]] = []
+        latest: dict[str, bytes] = {}
+        for window, window_probs, embedding in zip(windows, probs, embeddings, strict=True):
+            value = self._publish(window, window_probs)
+            timeline.append((window.stream_id, value))
+            latest[window.stream_id] = self._with_neighbours(window.stream_id, value, embedding)
+        if self.redis is not None and not self.redis.write(timeline, latest):
+            self.metrics.redis_errors.inc()
+            self.metrics.redis_skipped.inc(len(timeline))
+        self.metrics.redis_up.set(1 if self.redis is None or self.redis.up else 0)
+        done, wall_now = time.monotonic(), time.time()
+        for window in windows:
+            self.metrics.window_latency.observe(done - window.completed_at)
+            self.metrics.e2e_latency.observe(max(0.0, wall_now - window.chunk_ts_ms / 1000))
+        self.metrics.windows.inc(len(windows))
+
+    def _publish(self, window: Window, probs: np.ndarray) -> bytes:
+        labels = self.model.labels
+        smoother = self.smoothers.get(window.stream_id)
+        if smoother is None:
+            smoother = GenreSmoother(labels, self.settings.ema_alpha, self.settings.change_min_s)
+            self.smoothers[window.stream_id] = smoother
+        change = smoother.update(probs, window.t_start, window.t_end)
+        best = int(np.argmax(probs))
+        key = window.stream_id.encode()
+        prediction = Prediction(
+            stream_id=window.stream_id, window_seq=window.window_seq,
+            t_start=round(window.t_start, 4), t_end=round(window.t_end, 4), ts=round(window.t_end * 1000),
+            genre=labels[best], confidence=round(float(probs[best]), 5), probs=rounded_probs(labels, probs),
+            smoothed_genre=smoother.smoothed_genre,
+            smoothed_probs=rounded_probs(labels, smoother.probs),  # type: ignore[arg-type]
+            model_version=self.model.version,
+            latency_ms=round(1000 * (time.monotonic() - window.completed_at), 3),
+        )
+        value = prediction.model_dump_json(exclude_none=True).encode()
+        self.kafka.send(OutMessage(self.settings.output_topic, key, value))
+        self.metrics.predictions_by_genre.labels(prediction.genre).inc()
+        if change is not None:
+            event = GenreEvent.model_validate({
+                "stream_id": window.stream_id, "from": change.from_genre, "to": change.to_genre,
+                "at_t": round(change.at_t, 4), "ts": round(change.t_end * 1000),
+                "confidence": round(change.confidence, 5),
+            })
+            self.kafka.send(OutMessage(self.settings.events_topic, key, event.to_json()))
+            self.metrics.genre_changes.inc()
+        return value
+
+    def _with_neighbours(self, stream_id: str, value: bytes, embedding: np.ndarray) -> bytes:
+        if self.catalog is None:
+            return value
+        recent = self.recent_embeddings.get(stream_id)
+        if recent is None:
+            keep = max(1, round(self.settings.neighbours_window_s / self.hop_s))
+            recent = self.recent_embeddings[stream_id] = collections.deque(maxlen=keep)
+        recent.append(embedding)
+        prediction = Prediction.model_validate_json(value)
+        prediction.neighbours = self.catalog.neighbours(np.stack(recent), self.settings.neighbours_k)
+        return prediction.model_dump_json(exclude_none=True).encode()
+
+    # -- commits and state -------------------------------------------------------------------
+    def checkpoint(self) -> dict[int, int]:
+        """Make every processed record durable in the outputs; return the offsets safe to commit.
+
+        The order is the guarantee:
+
+        1. Infer and publish every complete window still waiting in the batcher (Redis is
+           written per batch, so this also writes Redis or counts the skip).
+        2. Flush the Kafka producer: every prediction, event and dead letter for the records
+           processed so far is acknowledged (raises SinkError otherwise; nothing is committed).
+        3. Per partition, the commit offset is the oldest chunk an open window still needs, or
+           the record after the last processed one when no window needs anything. Committing
+           that replays at most one window's audio after a crash, and loses nothing.
+        """
+        # Step 1.
+        while len(self.batcher):
+            self.run_batch()
+        # Step 2.
+        self.kafka.flush()
+        # Step 3.
+        needed = self.framer.needed_offsets()
+        offsets = {p: min(needed.get(p, last + 1), last + 1) for p, last in self.last_offset.items()}
+        self._forget_closed_streams()
+        return offsets
+
+    def evict_idle(self, now: float) -> None:
+        if self.framer.evict_idle(now, self.settings.idle_timeout_s):
+            self._forget_closed_streams()
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget the streams of revoked partitions; their new owner replays from our commit."""
+        self.framer.drop_partitions(partitions)
+        for partition in partitions:
+            self.last_offset.pop(partition, None)
+        self._forget_closed_streams()
+
+    def _forget_closed_streams(self) -> None:
+        open_streams = self.framer.streams
+        for registry in (self.smoothers, self.recent_embeddings):
+            for stream_id in [s for s in registry if s not in open_streams]:
+                del registry[stream_id]
+        self.metrics.active_streams.set(len(open_streams))

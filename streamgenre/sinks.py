@@ -1,0 +1,175 @@
+"""Output sinks: the Kafka producer (predictions, events, DLQ) and the Redis pipeline.
+
+Kafka is the system of record; Redis is a cache of the latest state for dashboards and APIs.
+So a Kafka failure stops progress (nothing is committed until outputs are acknowledged), while
+a Redis failure only degrades: writes are retried for a bounded time, then skipped and
+counted, and the daemon keeps publishing to Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from kafka.producer.future import FutureRecordMetadata
+
+from streamgenre.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(RuntimeError):
+    """Outputs could not be acknowledged; the caller must not commit past them."""
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+
+
+class KafkaSink:
+    """Producer for every output topic; keeps unacknowledged messages so a retry can resend them.
+
+    kafka-python's producer is idempotent by default; after a broker restart an open producer
+    fails with ``UnknownProducerIdError`` for good, so on failure we close it, build a new one
+    and resend everything not yet acknowledged (at-least-once: a consumer may see a duplicate,
+    never a gap).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pending: list[tuple[OutMessage, FutureRecordMetadata | None]] = []
+        self._producer: KafkaProducer | None = None
+
+    def _connect(self) -> KafkaProducer:
+        s = self.settings
+        return KafkaProducer(
+            bootstrap_servers=s.bootstrap_servers.split(","),
+            client_id=f"streamgenre-{s.group_id}-out",
+            acks="all",
+            linger_ms=s.producer_linger_ms,
+            compression_type=s.compression_type,
+            # A DLQ message forwards the original bytes, which may be as large as the input limit.
+            max_request_size=s.max_message_bytes + 65536,
+            request_timeout_ms=10000,
+            max_block_ms=10000,
+            reconnect_backoff_max_ms=int(s.broker_retry_max_s * 1000),
+            **s.kafka_security(),
+        )
+
+    def _send(self, message: OutMessage) -> FutureRecordMetadata | None:
+        try:
+            if self._producer is None:
+                self._producer = self._connect()
+            return self._producer.send(message.topic, key=message.key, value=message.value,
+                                       headers=message.headers)
+        except KafkaError as exc:
+            log.warning("send failed, will retry on flush: %s", exc)
+            return None
+
+    def send(self, message: OutMessage) -> None:
+        self._pending.append((message, self._send(message)))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every message sent so far is acknowledged.
+
+        Messages that failed are resent once on a fresh producer; if they fail again they stay
+        pending and SinkError tells the caller not to commit past them.
+        """
+        for attempt in (1, 2):
+            if self._producer is not None:
+                try:
+                    self._producer.flush(timeout=timeout_s)
+                except KafkaError as exc:
+                    log.warning("producer flush failed: %s", exc)
+            failed = [m for m, f in self._pending if f is None or not f.succeeded()]
+            if not failed:
+                self._pending.clear()
+                return
+            log.warning("%d output messages not acknowledged (attempt %d)", len(failed), attempt)
+            self._reset()
+            self._pending = [(m, self._send(m)) for m in failed]
+        raise SinkError(f"{len(self._pending)} output messages not acknowledged by the broker")
+
+    def _reset(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=1)
+            except Exception as exc:  # closing a broken producer may fail in many ways; we replace it
+                log.debug("closing failed producer: %s", exc)
+        self._producer = None
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=timeout_s)
+            self._producer = None
+
+
+class RedisSink:
+    """Latest prediction and timeline per stream, written with one pipeline per batch.
+
+    Keys: ``{prefix}:{stream_id}:latest`` (JSON string, TTL) and ``{prefix}:{stream_id}:timeline``
+    (Redis Stream, field ``json``, ``MAXLEN ~``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.prefix = settings.redis_prefix
+        self.ttl_s = settings.redis_latest_ttl_s
+        self.maxlen = settings.redis_timeline_maxlen
+        self.retry_s = settings.redis_retry_s
+        self.client = redis.Redis.from_url(
+            settings.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        self.up = True
+        self._retry_after = 0.0
+
+    def key(self, stream_id: str, kind: str) -> str:
+        return f"{self.prefix}:{stream_id}:{kind}"
+
+    def write(self, timeline: list[tuple[str, bytes]], latest: dict[str, bytes]) -> bool:
+        """Append predictions to timelines and set latest values; False if skipped (Redis down).
+
+        While Redis is down we try once per ``retry_s`` instead of on every batch, so an outage
+        costs the hot path one failed connection attempt per interval, not one per batch.
+        """
+        now = time.monotonic()
+        if not self.up and now < self._retry_after:
+            return False
+        deadline = now + (self.retry_s if self.up else 0.0)
+        while True:
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for stream_id, value in timeline:
+                    pipe.xadd(self.key(stream_id, "timeline"), {"json": value}, maxlen=self.maxlen, approximate=True)
+                for stream_id, value in latest.items():
+                    pipe.set(self.key(stream_id, "latest"), value, ex=self.ttl_s)
+                pipe.execute()
+                if not self.up:
+                    log.info("redis is back")
+                self.up = True
+                return True
+            except redis.RedisError as exc:
+                if time.monotonic() >= deadline:
+                    if self.up:
+                        log.warning("redis down, skipping its writes until it answers: %s", exc)
+                    self.up = False
+                    self._retry_after = time.monotonic() + self.retry_s
+                    return False
+                time.sleep(0.1)
+
+    def ping(self) -> bool:
+        try:
+            self.up = bool(self.client.ping())
+        except redis.RedisError:
+            self.up = False
+        return self.up
+
+    def close(self) -> None:
+        self.client.close()
