@@ -111,10 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre import bench, catalog_cli
+    from streamgenre import catalog_cli
 
     catalog_cli.register(sub)
-    bench.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
