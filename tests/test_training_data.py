@@ -76,8 +76,12 @@ def test_filtered_lists_match_by_stem_and_skip_missing(tmp_path: Path) -> None:
     _write_dataset(tmp_path)
     (tmp_path / "splits").mkdir()
     lists = {
-        "train": ["blues/blues.00000.ogg", "blues/blues.00001.ogg", "metal/metal.00003.ogg",
-                  "jazz/jazz.00054.ogg"],
+        "train": [
+            "blues/blues.00000.ogg",
+            "blues/blues.00001.ogg",
+            "metal/metal.00003.ogg",
+            "jazz/jazz.00054.ogg",
+        ],
         "valid": ["classical/classical.00002.ogg", "", "# comment", "blues/blues.00099.ogg"],
         "test": ["metal/metal.00009.au"],
     }

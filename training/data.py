@@ -38,7 +38,16 @@ from streamgenre.features import FeatureRecipe, log_mel, resample, to_mono, wind
 
 #: The 10 GTZAN genres, in the order used for class indices when a dataset has all of them.
 GTZAN_GENRES: tuple[str, ...] = (
-    "blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock",
+    "blues",
+    "classical",
+    "country",
+    "disco",
+    "hiphop",
+    "jazz",
+    "metal",
+    "pop",
+    "reggae",
+    "rock",
 )
 #: Extensions recognised as audio, in order of preference when one clip exists in several.
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".au", ".ogg", ".mp3")

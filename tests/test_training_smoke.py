@@ -1,0 +1,181 @@
+"""End-to-end smoke test of the training pipeline on generated audio, and the ONNX contract.
+
+The synthetic set (tones and noise per class) proves that the pipeline runs; a model trained on
+it is not a genre classifier and is never written outside ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+import torch
+
+from streamgenre.features import FeatureRecipe
+from training import augment
+from training.cnn import build_model, build_random_onnx, export_onnx
+from training.data import load_split
+from training.evaluate import OnnxGenreModel, evaluate_onnx
+from training.train import TrainConfig, run_protocol
+
+SR = 22050
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
+# A small front end keeps the test fast; the pipeline is the same as with the paper recipe.
+RECIPE = FeatureRecipe(sample_rate=SR, n_fft=512, hop_length=256, n_mels=32, n_frames=32)
+
+
+def _clip(kind: str, rng: np.random.Generator, seconds: float = 1.5) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    if kind == "low":
+        f0 = rng.uniform(150, 250)
+        y = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 4))
+    elif kind == "high":
+        y = np.sin(2 * np.pi * rng.uniform(2500, 3500) * t)
+    else:
+        y = rng.standard_normal(len(t)) * (np.sin(2 * np.pi * rng.uniform(2, 4) * t) > 0)
+    return (0.3 * y / np.abs(y).max() + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    for genre in ("low", "high", "noise"):
+        (root / genre).mkdir()
+        for i in range(6):
+            sf.write(root / genre / f"{genre}.{i:05d}.wav", _clip(genre, rng), SR)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    out = tmp_path_factory.mktemp("out")
+    config = TrainConfig(epochs=1, variants=1, windows_per_clip=4, hop_frames=16, threads=1, batch_size=16)
+    summary = run_protocol(
+        synthetic_root,
+        "random",
+        out,
+        config,
+        report_dir=out / "report",
+        cache_dir=out / "cache",
+        recipe=RECIPE,
+    )
+    return out, synthetic_root, summary
+
+
+def test_one_epoch_exports_a_model_with_the_contract(trained: tuple[Path, Path, dict]) -> None:
+    out, _root, summary = trained
+    path = out / "genre_cnn.onnx"
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (inp,) = graph.graph.input
+    assert inp.name == "logmel" and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 32, 32]
+    assert [o.name for o in graph.graph.output] == ["probs", "embedding"]
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["labels"] == ["high", "low", "noise"]
+    assert meta["features"]["n_mels"] == 32 and len(meta["features"]["mean"]) == 32
+    assert FeatureRecipe.from_dict(meta["features"]).window_samples == 512 + 31 * 256
+    assert meta["window_s"] == pytest.approx((512 + 31 * 256) / SR)
+    assert meta["hop_s"] == pytest.approx(16 * 256 / SR)
+    assert meta["embedding_dim"] == 128 and meta["version"].startswith("paper-cnn-random-")
+
+    assert summary["onnx_max_abs_diff"]["probs"] <= 1e-4
+    assert summary["onnx_max_abs_diff"]["embedding"] <= 1e-4
+    assert summary["epochs_run"] == 1
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(metrics["random"]) == {"paper_cnn", "baseline_mel_mfcc_logreg"}
+    assert (out / "report" / "report.md").read_text().count("paper_cnn") >= 2
+    assert (out / "confusion.png").stat().st_size > 0 and (out / "training_curve.png").stat().st_size > 0
+
+
+def test_pytorch_and_onnxruntime_agree_at_any_batch_size(tmp_path: Path) -> None:
+    model = build_model(32, 32, 3, seed=1)
+    # Non-trivial batch-norm statistics, so that eval-mode export is really exercised.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    export_onnx(model, RECIPE, ["a", "b", "c"], tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    model.eval()
+    for n in (1, 5, 64):
+        x = np.random.default_rng(n).standard_normal((n, 1, 32, 32)).astype(np.float32)
+        probs, embedding = session.run(["probs", "embedding"], {"logmel": x})
+        with torch.no_grad():
+            logits, ref_embedding = model(torch.from_numpy(x))
+        assert probs.shape == (n, 3) and embedding.shape == (n, 128)
+        np.testing.assert_allclose(probs, torch.softmax(logits, 1).numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(embedding, ref_embedding.numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_evaluate_onnx_scores_every_clip(trained: tuple[Path, Path, dict]) -> None:
+    out, root, _summary = trained
+    clips = load_split(root, "random")["test"]
+    model = OnnxGenreModel.load(out / "genre_cnn.onnx")
+    result = evaluate_onnx(model, clips, cache_dir=out / "cache", progress=False)
+    assert result["n_clips"] == len(clips) == 3
+    assert {c["clip"] for c in result["clips"]} == {c.clip_id for c in clips}
+    assert np.asarray(result["confusion"]).sum() == 3
+    assert 0.0 <= result["window_accuracy"] <= 1.0 and 0.0 <= result["clip_accuracy"] <= 1.0
+
+
+def test_random_init_model_for_benchmarks(tmp_path: Path) -> None:
+    meta = build_random_onnx(tmp_path / "random.onnx", recipe=RECIPE, labels=["a", "b"])
+    assert meta["labels"] == ["a", "b"] and meta["version"] == "paper-cnn-random-init"
+    model = OnnxGenreModel.load(tmp_path / "random.onnx")
+    probs, embedding = model.run(np.zeros((3, 1, 32, 32), np.float32))
+    assert probs.shape == (3, 2) and embedding.shape == (3, 128)
+
+
+def test_waveform_augmentations_are_deterministic_and_keep_shape() -> None:
+    rng = np.random.default_rng(0)
+    y = _clip("low", rng, seconds=1.0)
+    specs = augment.variant_specs("low/low.00000", 6, seed=0)
+    assert specs == augment.variant_specs("low/low.00000", 6, seed=0)
+    for spec in specs:
+        out = spec(y, SR)
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+        np.testing.assert_array_equal(out, spec(y, SR))
+    noisy = augment.add_noise(y, 10.0, rng)
+    snr = 10 * np.log10(np.mean(y**2) / np.mean((noisy - y) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.1)
+    spectrum = np.abs(
+        np.fft.rfft(augment.codec_lowpass(rng.standard_normal(SR).astype(np.float32), SR, 4000))
+    )
+    assert spectrum[6000:].mean() < 0.01 * spectrum[:3000].mean()
+
+
+def test_online_augmentations() -> None:
+    rng = np.random.default_rng(0)
+    x = np.ones((4, 1, 32, 32), np.float32)
+    masked = augment.spec_augment(x.copy(), rng, max_freq=8, max_time=8)
+    assert masked.shape == x.shape and set(np.unique(masked)) <= {0.0, 1.0}
+    targets = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    mixed_x, mixed_y = augment.mixup(np.arange(4, dtype=np.float32)[:, None], targets, rng)
+    np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, atol=1e-6)
+    assert mixed_x.shape == (4, 1)
+
+
+@pytest.mark.skipif(
+    not (SHARED / "data" / "gtzan").is_dir(), reason="GTZAN is not at ../shared/data/gtzan yet"
+)
+def test_shipped_model_matches_reported_filtered_accuracy() -> None:
+    metrics = json.loads((REPO / "model" / "report" / "metrics.json").read_text())
+    reported = metrics["filtered"]["genre_cnn"]
+    clips = load_split(SHARED / "data" / "gtzan", "filtered")["test"]
+    result = evaluate_onnx(REPO / "model" / "genre_cnn.onnx", clips, progress=False)
+    assert result["version"] == reported["version"], (
+        "metrics.json reports another model: re-run training.evaluate"
+    )
+    assert abs(result["clip_accuracy"] - reported["clip_accuracy"]) <= 0.005
