@@ -93,3 +93,20 @@ class Settings(BaseSettings):
             if getattr(self, key):
                 options[key] = getattr(self, key)
         return options
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields so the two cannot drift."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            default = default.get_secret_value()
+        elif isinstance(default, Path):
+            default = default.relative_to(SHIPPED_MODEL.parent.parent) if default == SHIPPED_MODEL else default
+        rows.append(f"| `STREAMGENRE_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

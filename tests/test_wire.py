@@ -1,0 +1,109 @@
+"""Input decoding and output schemas."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streamgenre.wire import (
+    SCHEMA_DIR,
+    BadInput,
+    GenreEvent,
+    Prediction,
+    Reason,
+    chunk_headers,
+    decode_chunk,
+    write_schemas,
+)
+from tests.audio import encode_chunk, tone_mix
+
+LIMIT = 1 << 20
+
+
+@pytest.mark.parametrize("fmt", ["s16le", "f32le", "wav", "flac", "ogg"])
+@pytest.mark.parametrize("rate,channels", [(8000, 1), (44100, 2), (96000, 6)])
+def test_every_format_decodes_to_mono_at_its_rate(fmt: str, rate: int, channels: int) -> None:
+    audio = tone_mix(0.2, rate, channels, seed=1)
+    encoded = encode_chunk(audio, rate, fmt, seq=3, ts_ms=123)
+    chunk = decode_chunk(b"station", encoded.value, encoded.headers, LIMIT)
+    assert chunk.stream_id == "station" and chunk.sample_rate == rate
+    assert chunk.headers.seq == 3 and chunk.headers.ts == 123
+    assert chunk.samples.dtype == np.float32 and chunk.samples.ndim == 1
+    assert chunk.samples.shape[0] == encoded.n_samples
+    if fmt != "ogg":  # lossy: only the length is exact
+        np.testing.assert_allclose(chunk.samples, audio.mean(axis=1), atol=1e-3)
+
+
+def pcm(reason_bytes: bytes = b"\x00\x00" * 100) -> tuple[bytes, list]:
+    return reason_bytes, chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1)
+
+
+def silent_flac(seconds: float) -> bytes:
+    """Minutes of silence compress to a few KB: a small message that decodes to a huge one."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(int(seconds * 8000), np.float32), 8000, format="FLAC")
+    return buffer.getvalue()
+
+
+def wav_claiming(frames: int) -> bytes:
+    """A WAV header that declares ``frames`` samples but carries almost none."""
+    data_bytes = frames * 2
+    header = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" + struct.pack("<I", data_bytes)
+    return header + b"\x00" * 64
+
+
+def test_each_bad_input_has_its_reason() -> None:
+    good_value, good_headers = pcm()
+    cases = {
+        Reason.BAD_KEY: (b"\xff\xfe", good_value, good_headers),
+        Reason.EMPTY_PAYLOAD: (b"k", b"", good_headers),
+        Reason.OVERSIZED: (b"k", b"\x00" * (LIMIT + 2), good_headers),
+        Reason.MISSING_HEADER: (b"k", good_value, [h for h in good_headers if h[0] != "seq"]),
+        Reason.INVALID_HEADER: (b"k", good_value, [(n, b"x" if n == "ts" else v) for n, v in good_headers]),
+        Reason.UNKNOWN_CONTENT_TYPE: (b"k", good_value, chunk_headers("audio/mpeg", 0, 0)),
+        Reason.SAMPLE_RATE_OUT_OF_RANGE: (b"k", good_value, chunk_headers("audio/pcm;format=s16le", 0, 0, 4000, 1)),
+        Reason.TRUNCATED_PCM: (b"k", good_value + b"\x01", good_headers),
+        Reason.NON_FINITE_SAMPLES: (b"k", np.array([0.1, np.nan], "<f4").tobytes(),
+                                    chunk_headers("audio/pcm;format=f32le", 0, 0, 16000, 1)),
+        Reason.CORRUPT_CONTAINER: (b"k", b"OggS" + b"\x00" * 200, chunk_headers("audio/ogg", 0, 0)),
+        Reason.DECOMPRESSION_BOMB: (b"k", silent_flac(600), chunk_headers("audio/flac", 0, 0)),
+    }
+    for reason, (key, value, headers) in cases.items():
+        with pytest.raises(BadInput) as caught:
+            decode_chunk(key, value, headers, LIMIT)
+        assert caught.value.reason is reason, f"{reason}: got {caught.value}"
+
+
+def test_lying_container_header_decodes_only_what_is_there() -> None:
+    chunk = decode_chunk(b"k", wav_claiming(10**9), chunk_headers("audio/wav", 0, 0), LIMIT)
+    assert chunk.samples.shape == (32,)
+    assert len(silent_flac(600)) < LIMIT // 50
+
+
+def test_pcm_headers_are_required_for_pcm_only() -> None:
+    with pytest.raises(BadInput, match="sample-rate"):
+        decode_chunk(b"k", b"\x00\x00", chunk_headers("audio/pcm;format=s16le", 0, 0), LIMIT)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(800, np.float32), 8000, format="WAV")
+    assert decode_chunk(b"k", buffer.getvalue(), chunk_headers("audio/wav", 0, 0), LIMIT).sample_rate == 8000
+
+
+def test_committed_schemas_match_the_models(tmp_path) -> None:
+    write_schemas(tmp_path)
+    for name in ("prediction", "event"):
+        assert json.loads((tmp_path / f"{name}.schema.json").read_text()) == json.loads(
+            (SCHEMA_DIR / f"{name}.schema.json").read_text()
+        ), "run `python -m streamgenre.wire` and commit the schemas"
+
+
+def test_event_uses_from_and_to_on_the_wire() -> None:
+    event = GenreEvent.model_validate({"stream_id": "s", "from": None, "to": "jazz", "at_t": 1.0, "ts": 2,
+                                       "confidence": 0.5})
+    assert json.loads(event.to_json())["to"] == "jazz" and "from" in json.loads(event.to_json())
+    assert "neighbours" in Prediction.model_json_schema()["properties"]
