@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from streamgenre.config import Settings
 from streamgenre.daemon import Daemon
 from streamgenre.devbroker import DevBroker, ensure_topics, free_port
+from streamgenre.pipeline import NeighbourIndex
 from tests.modelgen import make_test_model
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -63,8 +64,8 @@ def settings(broker: DevBroker, test_model: Path, redis_prefix: str) -> Settings
 
 
 @contextlib.contextmanager
-def running_daemon(settings: Settings) -> Iterator[Daemon]:
-    daemon = Daemon(settings)
+def running_daemon(settings: Settings, catalog: NeighbourIndex | None = None) -> Iterator[Daemon]:
+    daemon = Daemon(settings, catalog=catalog)
     thread = threading.Thread(target=daemon.run, name="test-daemon")
     thread.start()
     try:
