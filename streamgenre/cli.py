@@ -7,6 +7,7 @@ ingest, tail, demo, catalog_cli, bench), so everything here is argument parsing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import threading
@@ -55,10 +56,8 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     from streamgenre.tail import follow
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         follow(settings, threading.Event(), timeout_s=args.timeout, max_messages=args.max_messages)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -8,6 +8,7 @@ to Apache Kafka; nothing outside this module knows which broker it is. With the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -123,10 +124,9 @@ def ensure_topics(settings: Settings, partitions: int = 4) -> None:
         existing = set(admin.list_topics())
         wanted = [settings.input_topic, settings.output_topic, settings.events_topic, settings.dlq_topic]
         missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted if t not in existing]
+        # Another worker may create a topic between our list and create: same outcome.
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another worker created it between our list and create: same outcome
     finally:
         admin.close()

@@ -59,8 +59,10 @@ class Metrics:
             "streamgenre_consumer_lag", "Records behind the fetch high-water mark, per partition.",
             ["topic", "partition"], registry=r)
         self.queue_depth = Gauge("streamgenre_queue_depth", "Chunks waiting for the worker.", registry=r)
-        self.paused_partitions = Gauge("streamgenre_paused_partitions", "Partitions paused by backpressure.", registry=r)
-        self.ready = Gauge("streamgenre_ready", "1 when the model is loaded and the broker reachable.", registry=r)
+        self.paused_partitions = Gauge(
+            "streamgenre_paused_partitions", "Partitions paused by backpressure.", registry=r)
+        self.ready = Gauge(
+            "streamgenre_ready", "1 when the model is loaded and the broker reachable.", registry=r)
         self.redis_up = Gauge("streamgenre_redis_up", "1 when the last Redis write succeeded.", registry=r)
         self.model_info = Gauge("streamgenre_model_info", "Loaded model (value 1).", ["version"], registry=r)
 
@@ -95,7 +97,7 @@ def serve_http(metrics: Metrics, health: Callable[[], Health], host: str, port: 
     """Start the metrics/health server in a daemon thread; returns it so the caller can stop it."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)

@@ -21,7 +21,7 @@ from streamgenre.model import GenreModel
 from streamgenre.sinks import KafkaSink, OutMessage, RedisSink
 from streamgenre.smoothing import GenreSmoother
 from streamgenre.source import Record
-from streamgenre.wire import BadInput, GenreEvent, Prediction, Reason, decode_chunk, rounded_probs
+from streamgenre.wire import BadInput, GenreEvent, Prediction, decode_chunk, rounded_probs
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,8 @@ def test_daemon_windows_spanning_odd_chunks_match_librosa(name: str) -> None:
         piece = y[position : position + size]
         headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=seq,
                                ts=start_ms + round(1000 * position / rate))
-        windows += framer.push(Chunk(stream_id="s", headers=headers, samples=piece, sample_rate=rate), 0, seq, 0.0).windows
+        decoded = Chunk(stream_id="s", headers=headers, samples=piece, sample_rate=rate)
+        windows += framer.push(decoded, 0, seq, 0.0).windows
         position += size
         seq += 1
     hop = hop_frames * recipe.hop_length
