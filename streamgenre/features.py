@@ -76,7 +76,9 @@ class FeatureRecipe:
     mean: float | list[float] = 0.0
     std: float | list[float] = 1.0
     n_frames: int = 128
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+    # init=False: dataclasses.replace() must start a fresh cache, or a copy with new mean/std would
+    # keep serving the original's cached normaliser.
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureRecipe:
