@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,13 @@ def test_cached_frames_give_the_daemons_windows(tmp_path: Path) -> None:
     np.testing.assert_array_equal(windows, expected)
     with pytest.raises(ValueError, match="transform_key"):
         cached_log_mel(tmp_path / "x.wav", recipe, cache_dir=None, transform=lambda y, sr: y)
+
+
+def test_replaced_recipe_does_not_reuse_the_cached_normaliser() -> None:
+    # Training derives the normalised recipe with dataclasses.replace(); a shared cache made the
+    # copy keep the original's (mean=0, std=1) normaliser, so training and serving disagreed.
+    raw = FeatureRecipe(n_mels=4)
+    assert raw.normaliser[0].ravel().tolist() == [0.0] * 4
+    normalised = replace(raw, mean=[1.0, 2.0, 3.0, 4.0], std=2.0)
+    assert normalised.normaliser[0].ravel().tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert normalised.normaliser[1].ravel().tolist() == [2.0] * 4
