@@ -105,6 +105,7 @@ class Daemon:
         self.redis = RedisSink(s)
         self.health.redis_ok = self.redis.ping()
         self.pipeline = Pipeline(s, self.model, self.kafka, self.redis, self.metrics, self.catalog)
+        self.pipeline.warm_up()
         self.source = self._connect_source()
         self._worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self._worker.start()

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import redis
 import soundfile as sf
+from pydantic import SecretStr
 
 from streamgenre.config import Settings
 from streamgenre.daemon import Daemon
@@ -97,15 +98,16 @@ def run_demo(settings: Settings, files: list[str], speed: float, max_streams: in
         ) as redis_url:
             print(f"broker (tansu) on {broker.bootstrap}")
             settings = settings.model_copy(update={
-                "bootstrap_servers": broker.bootstrap, "redis_url": redis_url, "metrics_port": free_port(),
+                "bootstrap_servers": broker.bootstrap, "redis_url": SecretStr(redis_url), "metrics_port": free_port(),
                 "change_min_s": min(settings.change_min_s, 6.0),
             })
             ensure_topics(settings, partitions=4)
             daemon = Daemon(settings)
             daemon_thread = threading.Thread(target=daemon.run, name="daemon")
             daemon_thread.start()
-            if not daemon.started.wait(60):
-                raise RuntimeError("daemon did not start within 60 s")
+            while not daemon.started.wait(0.2):
+                if not daemon_thread.is_alive():
+                    raise RuntimeError("the daemon failed to start (see the error above)")
             print(f"daemon up: metrics on http://127.0.0.1:{settings.metrics_port}/metrics")
             print(f"streaming {len(sources)} files at {speed}x real time:")
             ingesters = [

@@ -15,6 +15,7 @@ import numpy as np
 
 from streamgenre.batching import MicroBatcher
 from streamgenre.config import Settings
+from streamgenre.features import log_mel, window_input
 from streamgenre.framing import Framer, Window
 from streamgenre.metrics import Metrics
 from streamgenre.model import GenreModel
@@ -72,6 +73,16 @@ class Pipeline:
         self.smoothers: dict[str, GenreSmoother] = {}
         self.recent_embeddings: dict[str, collections.deque[np.ndarray]] = {}
         self.last_offset: dict[int, int] = {}
+
+    def warm_up(self) -> None:
+        """Build filterbanks and run one inference before consuming.
+
+        The first call into librosa's filterbank and onnxruntime's first run take seconds (lazy
+        imports, JIT, memory planning); paid on the first live chunk, that stall would show up
+        as seconds of latency for every stream queued behind it.
+        """
+        recipe = self.model.recipe
+        self.model.predict(window_input(log_mel(np.zeros(recipe.window_samples, np.float32), recipe), recipe)[None])
 
     # -- input -----------------------------------------------------------------------------
     def process(self, record: Record) -> None:
