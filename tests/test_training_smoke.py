@@ -92,6 +92,7 @@ def test_one_epoch_exports_a_model_with_the_contract(trained: tuple[Path, Path, 
     assert summary["onnx_max_abs_diff"]["probs"] <= 1e-4
     assert summary["onnx_max_abs_diff"]["embedding"] <= 1e-4
     assert summary["epochs_run"] == 1
+    assert summary["valid"]["torch"]["window_accuracy"] == pytest.approx(summary["valid"]["onnx_from_sidecar"])
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert set(metrics["random"]) == {"paper_cnn", "baseline_mel_mfcc_logreg"}
     assert (out / "report" / "report.md").read_text().count("paper_cnn") >= 2
@@ -150,9 +151,7 @@ def test_waveform_augmentations_are_deterministic_and_keep_shape() -> None:
     noisy = augment.add_noise(y, 10.0, rng)
     snr = 10 * np.log10(np.mean(y**2) / np.mean((noisy - y) ** 2))
     assert snr == pytest.approx(10.0, abs=0.1)
-    spectrum = np.abs(
-        np.fft.rfft(augment.codec_lowpass(rng.standard_normal(SR).astype(np.float32), SR, 4000))
-    )
+    spectrum = np.abs(np.fft.rfft(augment.codec_lowpass(rng.standard_normal(SR).astype(np.float32), SR, 4000)))
     assert spectrum[6000:].mean() < 0.01 * spectrum[:3000].mean()
 
 
@@ -167,15 +166,11 @@ def test_online_augmentations() -> None:
     assert mixed_x.shape == (4, 1)
 
 
-@pytest.mark.skipif(
-    not (SHARED / "data" / "gtzan").is_dir(), reason="GTZAN is not at ../shared/data/gtzan yet"
-)
+@pytest.mark.skipif(not (SHARED / "data" / "gtzan").is_dir(), reason="GTZAN is not at ../shared/data/gtzan yet")
 def test_shipped_model_matches_reported_filtered_accuracy() -> None:
     metrics = json.loads((REPO / "model" / "report" / "metrics.json").read_text())
     reported = metrics["filtered"]["genre_cnn"]
     clips = load_split(SHARED / "data" / "gtzan", "filtered")["test"]
     result = evaluate_onnx(REPO / "model" / "genre_cnn.onnx", clips, progress=False)
-    assert result["version"] == reported["version"], (
-        "metrics.json reports another model: re-run training.evaluate"
-    )
+    assert result["version"] == reported["version"], "metrics.json reports another model: re-run training.evaluate"
     assert abs(result["clip_accuracy"] - reported["clip_accuracy"]) <= 0.005

@@ -348,9 +348,7 @@ def render_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(
-    report_dir: Path, protocol: str, results: dict[str, dict[str, Any]], **context: Any
-) -> dict[str, Any]:
+def write_report(report_dir: Path, protocol: str, results: dict[str, dict[str, Any]], **context: Any) -> dict[str, Any]:
     """Record ``results`` (model name -> :func:`evaluate_onnx`-style dict) and regenerate the report.
 
     Writes ``metrics.json`` (merged), ``report.md`` and, for GTZAN protocols
