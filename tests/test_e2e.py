@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from kafka import KafkaProducer
 
 from streamgenre.config import Settings
 from streamgenre.model import load_spec
+from streamgenre.tail import follow
 from streamgenre.wire import SCHEMA_DIR
 from tests.audio import chunked_stream, expected_window_seqs, tone_mix
 from tests.conftest import REDIS_URL, predictions, read_topic, running_daemon
@@ -102,13 +104,17 @@ def test_many_streams_every_window_once_in_order(settings: Settings, test_model:
 
 
 def test_genre_events_follow_smoothed_changes(settings: Settings) -> None:
-    """Every event names a change of smoothed genre seen in the predictions of that stream."""
+    """Every event names a change of smoothed genre seen in the predictions; tail shows them all."""
     with running_daemon(settings):
         expected = _send_streams(settings, settings.model_path)
         total = sum(len(v) for v in expected.values())
         messages = predictions(read_topic(settings.bootstrap_servers, settings.output_topic, total))
         events = predictions(read_topic(settings.bootstrap_servers, settings.events_topic, len(expected)))
+        lines: list[str] = []
+        follow(settings, threading.Event(), emit=lines.append, timeout_s=30, max_messages=total + len(events))
     schema = json.loads((SCHEMA_DIR / "event.schema.json").read_text())
+    assert sum(">>>" in line for line in lines) == len(events)  # tail shows every event
+    assert sum("#" in line for line in lines) == total
     firsts = {e["stream_id"] for e in events if e["from"] is None}
     assert firsts == set(expected), "each stream announces its first genre once"
     for event in events:

@@ -1,0 +1,69 @@
+"""The command line as a user runs it: help everywhere, clear errors, broker/ingest/tail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from streamgenre.config import Settings
+from streamgenre.devbroker import DevBroker, free_port
+from tests.audio import tone_mix
+from tests.conftest import read_topic
+
+COMMANDS = ["run", "broker", "ingest", "tail", "demo", "index", "similar"]
+
+
+def streamgenre(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamgenre.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command: str) -> None:
+    result = streamgenre(command, "--help")
+    assert result.returncode == 0 and "usage: streamgenre" in result.stdout
+
+
+def test_missing_model_is_a_clear_error() -> None:
+    result = streamgenre("run", env={"STREAMGENRE_MODEL_PATH": "/nonexistent/model.onnx"})
+    assert result.returncode == 2
+    assert "model not found: /nonexistent/model.onnx" in result.stderr
+
+
+def test_bad_path_is_a_clear_error() -> None:
+    result = streamgenre("ingest", "/nonexistent.wav", "--stream-id", "x")
+    assert result.returncode == 2 and "/nonexistent.wav: no such file" in result.stderr
+
+
+def test_broker_command_prints_its_address() -> None:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "streamgenre.cli", "broker", "--port", str(port)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert f"127.0.0.1:{port}" in process.stdout.readline()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.integration
+def test_ingest_publishes_chunks_with_seq_ts_and_eos(broker: DevBroker, settings: Settings,
+                                                            tmp_path: Path) -> None:
+    path = tmp_path / "clip.wav"
+    sf.write(path, tone_mix(2.0, 44100, 2, seed=5), 44100)
+    env = {"STREAMGENRE_BOOTSTRAP_SERVERS": broker.bootstrap, "STREAMGENRE_INPUT_TOPIC": settings.input_topic}
+    result = streamgenre("ingest", str(path), "--stream-id", "clip", "--speed", "0", "--chunk-s", "0.25", env=env)
+    assert result.returncode == 0, result.stderr
+    messages = read_topic(broker.bootstrap, settings.input_topic, expected=8)
+    assert len(messages) == 8 and {m.key for m in messages} == {b"clip"}
+    headers = [dict(m.headers) for m in messages]
+    assert [int(h["seq"]) for h in headers] == list(range(8))
+    assert headers[-1].get("eos") == b"1" and all("eos" not in h for h in headers[:-1])
+    assert int(headers[1]["ts"]) - int(headers[0]["ts"]) == 250
+    assert (headers[0]["sample-rate"], headers[0]["channels"]) == (b"44100", b"2")
