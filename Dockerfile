@@ -21,6 +21,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+# Everything pyproject.toml packages (training/ too, so the image holds the same wheel as a
+# `pip install .`; the daemon itself never imports it).
 COPY pyproject.toml README.md ./
 COPY streamgenre/ streamgenre/
 COPY training/ training/
