@@ -125,7 +125,9 @@ class TrainConfig:
     threads: int = 2
 
 
-def _frames_job(path: Path, recipe: FeatureRecipe, cache_dir: Path | None, aug: WaveformAugmentation | None):
+def _frames_job(
+    path: Path, recipe: FeatureRecipe, cache_dir: Path | None, aug: WaveformAugmentation | None
+) -> np.ndarray:
     # One process per core: keep BLAS/FFT pools at one thread each so they do not oversubscribe.
     with threadpool_limits(1):
         if aug is None:
