@@ -15,6 +15,7 @@ from training.data import (
     Clip,
     DatasetNotFoundError,
     cached_log_mel,
+    drop_unreadable,
     labels_of,
     load_split,
     read_audio,
@@ -145,3 +146,11 @@ def test_replaced_recipe_does_not_reuse_the_cached_normaliser() -> None:
     normalised = replace(raw, mean=[1.0, 2.0, 3.0, 4.0], std=2.0)
     assert normalised.normaliser[0].ravel().tolist() == [1.0, 2.0, 3.0, 4.0]
     assert normalised.normaliser[1].ravel().tolist() == [2.0] * 4
+
+
+def test_unreadable_clips_are_dropped(tmp_path: Path) -> None:
+    _write_dataset(tmp_path)
+    (tmp_path / "metal" / "metal.00003.wav").write_bytes(b"not audio at all")
+    splits, dropped = drop_unreadable(load_split(tmp_path, "random"))
+    assert dropped == ["metal/metal.00003"]
+    assert sum(len(v) for v in splits.values()) == 29

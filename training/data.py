@@ -254,6 +254,33 @@ def _overlap(splits: dict[str, list[Clip]]) -> set[str]:
     return shared
 
 
+def drop_unreadable(splits: dict[str, list[Clip]]) -> tuple[dict[str, list[Clip]], list[str]]:
+    """Remove clips whose file libsndfile cannot open (a header check, no decoding).
+
+    Known case: ``jazz.00054.wav`` of the popular Kaggle re-upload of GTZAN is not a valid file;
+    one such clip should cost a warning, not a one-hour training run.
+
+    Returns
+    -------
+    splits : dict of str to list of Clip
+        The same splits without the unreadable clips.
+    dropped : list of str
+        ``clip_id`` of each removed clip.
+    """
+    dropped: list[str] = []
+    kept: dict[str, list[Clip]] = {}
+    for name, clips in splits.items():
+        kept[name] = []
+        for clip in clips:
+            try:
+                sf.info(str(clip.path))
+            except sf.LibsndfileError:
+                dropped.append(clip.clip_id)
+            else:
+                kept[name].append(clip)
+    return kept, dropped
+
+
 def labels_of(splits: dict[str, list[Clip]] | Iterable[Clip]) -> list[str]:
     """Class labels (index = class): GTZAN's order when all ten genres occur, else sorted."""
     clips = [c for split in splits.values() for c in split] if isinstance(splits, dict) else list(splits)

@@ -37,6 +37,7 @@ from training.data import (
     Clip,
     DatasetNotFoundError,
     cached_log_mel,
+    drop_unreadable,
     load_split,
     window_starts,
     windows_from_frames,
@@ -393,7 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = OnnxGenreModel.load(args.model)
         for protocol in args.protocol:
-            clips = load_split(args.data, protocol)[args.split]
+            splits, dropped = drop_unreadable(load_split(args.data, protocol))
+            if dropped:
+                print(f"warning: skipping unreadable clips {dropped}", file=sys.stderr)
+            clips = splits[args.split]
             result = evaluate_onnx(model, clips, args.cache)
             print(
                 f"{protocol}/{args.split}: {len(clips)} clips, "

@@ -52,6 +52,7 @@ from training.data import (
     PROTOCOLS,
     DatasetNotFoundError,
     cached_log_mel,
+    drop_unreadable,
     labels_of,
     load_split,
     stratified_split,
@@ -407,7 +408,9 @@ def run_protocol(
     """
     t_start = time.perf_counter()
     torch.set_num_threads(config.threads)
-    splits = load_split(data, protocol, seed=config.seed)
+    splits, dropped = drop_unreadable(load_split(data, protocol, seed=config.seed))
+    if dropped:
+        print(f"warning: skipping unreadable clips {dropped}", file=sys.stderr)
     if not splits["valid"]:
         carved = stratified_split(splits["train"], (1 - config.valid_fraction, config.valid_fraction, 0.0), config.seed)
         splits = {"train": carved["train"], "valid": carved["valid"], "test": splits["test"]}
