@@ -90,7 +90,7 @@ def run_index(args: argparse.Namespace) -> int:
         model = _load_model(args)
         catalog = build_catalog(args.paths, model, args.out, labels=labels, progress=not args.no_progress,
                                 batch_size=args.batch_size, ann_threshold=args.ann_threshold)
-    except (FileNotFoundError, ValueError, ModelError, CatalogError) as exc:
+    except (OSError, ValueError, ModelError, CatalogError) as exc:
         return _fail(str(exc))
     for path, reason in catalog.skipped:
         print(f"skipped: {path}: {reason}", file=sys.stderr)

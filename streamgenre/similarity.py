@@ -269,8 +269,6 @@ class Catalog:
         The ``catalog.json`` object (``model_version``, ``embedding_dim``, ...).
     ann_threshold : int
         Use the HNSW index when there are at least this many tracks and ``hnswlib`` imports.
-    ann_index : hnswlib.Index, optional
-        A ready index over ``embeddings`` (else one is built when first needed).
 
     Attributes
     ----------
@@ -280,7 +278,7 @@ class Catalog:
     """
 
     def __init__(self, embeddings: np.ndarray, tracks: list[dict[str, Any]], info: dict[str, Any],
-                 ann_threshold: int = DEFAULT_ANN_THRESHOLD, ann_index: Any | None = None) -> None:
+                 ann_threshold: int = DEFAULT_ANN_THRESHOLD) -> None:
         embeddings = l2_normalise(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(tracks):
             raise CatalogError(f"embeddings of shape {embeddings.shape} do not match {len(tracks)} tracks")
@@ -291,8 +289,8 @@ class Catalog:
         self.skipped: list[tuple[str, str]] = []
         #: Where the catalogue lives on disk (set by :meth:`load` and :meth:`save`).
         self.directory: Path | None = None
-        self._ann = ann_index
-        self._ann_checked = ann_index is not None
+        self._ann: Any | None = None
+        self._ann_checked = False
 
     def __len__(self) -> int:
         return len(self.tracks)
