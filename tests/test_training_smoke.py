@@ -54,7 +54,9 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     out = tmp_path_factory.mktemp("out")
-    config = TrainConfig(epochs=1, variants=1, windows_per_clip=4, hop_frames=16, threads=1, batch_size=16)
+    config = TrainConfig(
+        epochs=1, variants=1, windows_per_clip=4, hop_frames=16, threads=1, batch_size=16, benchmark_seconds=0.2
+    )
     summary = run_protocol(
         synthetic_root,
         "random",
