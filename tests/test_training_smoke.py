@@ -55,7 +55,13 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     out = tmp_path_factory.mktemp("out")
     config = TrainConfig(
-        epochs=1, variants=1, windows_per_clip=4, hop_frames=16, threads=1, batch_size=16, benchmark_seconds=0.2
+        epochs=1,
+        variants=1,
+        windows_per_clip=4,
+        hop_frames=16,
+        threads=1,
+        batch_size=16,
+        benchmark_seconds=0.2,
     )
     summary = run_protocol(
         synthetic_root,
@@ -92,7 +98,9 @@ def test_one_epoch_exports_a_model_with_the_contract(trained: tuple[Path, Path, 
     assert summary["onnx_max_abs_diff"]["probs"] <= 1e-4
     assert summary["onnx_max_abs_diff"]["embedding"] <= 1e-4
     assert summary["epochs_run"] == 1
-    assert summary["valid"]["torch"]["window_accuracy"] == pytest.approx(summary["valid"]["onnx_from_sidecar"])
+    assert summary["valid"]["torch"]["window_accuracy"] == pytest.approx(
+        summary["valid"]["onnx_from_sidecar"]
+    )
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert set(metrics["random"]) == {"paper_cnn", "baseline_mel_mfcc_logreg"}
     assert (out / "report" / "report.md").read_text().count("paper_cnn") >= 2
@@ -151,7 +159,9 @@ def test_waveform_augmentations_are_deterministic_and_keep_shape() -> None:
     noisy = augment.add_noise(y, 10.0, rng)
     snr = 10 * np.log10(np.mean(y**2) / np.mean((noisy - y) ** 2))
     assert snr == pytest.approx(10.0, abs=0.1)
-    spectrum = np.abs(np.fft.rfft(augment.codec_lowpass(rng.standard_normal(SR).astype(np.float32), SR, 4000)))
+    spectrum = np.abs(
+        np.fft.rfft(augment.codec_lowpass(rng.standard_normal(SR).astype(np.float32), SR, 4000))
+    )
     assert spectrum[6000:].mean() < 0.01 * spectrum[:3000].mean()
 
 

@@ -268,7 +268,9 @@ def default_recipe() -> FeatureRecipe:
     )
 
 
-def benchmark_onnx(path: Path | str, batch: int = 64, threads: int = 1, seconds: float = 3.0) -> dict[str, float]:
+def benchmark_onnx(
+    path: Path | str, batch: int = 64, threads: int = 1, seconds: float = 3.0
+) -> dict[str, float]:
     """Windows per second of an ONNX model in onnxruntime (CPU, ``threads`` intra-op threads).
 
     Parameters

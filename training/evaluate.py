@@ -348,14 +348,17 @@ def render_report(metrics: dict[str, Any]) -> str:
             lines += [f"Confusion matrix of the first model: ![confusion](confusion_{protocol}.png)", ""]
         if protocol == "mini":
             lines += [
-                "Models trained here used only `splits/mini_train.txt` (a stratified fifth of it held out",
-                "for early stopping); none of them is the shipped model. 50 test clips: one clip is 2 points.",
+                "Models trained here used only `splits/mini_train.txt` (a stratified fifth of it held",
+                "out for early stopping); none of them is the shipped model. 50 test clips: one clip is",
+                "2 points.",
                 "",
             ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report_dir: Path, protocol: str, results: dict[str, dict[str, Any]], **context: Any) -> dict[str, Any]:
+def write_report(
+    report_dir: Path, protocol: str, results: dict[str, dict[str, Any]], **context: Any
+) -> dict[str, Any]:
     """Record ``results`` (model name -> :func:`evaluate_onnx`-style dict) and regenerate the report.
 
     Writes ``metrics.json`` (merged), ``report.md`` and, for GTZAN protocols

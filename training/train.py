@@ -219,7 +219,9 @@ class WindowSampler:
             for gain in gains:
                 frames = versions[int(rng.integers(len(versions)))]
                 start = int(rng.integers(0, frames.shape[1] - self.recipe.n_frames + 1))
-                inputs.append(window_input(frames[:, start : start + self.recipe.n_frames] + gain, self.recipe))
+                inputs.append(
+                    window_input(frames[:, start : start + self.recipe.n_frames] + gain, self.recipe)
+                )
                 targets.append(target)
         order = rng.permutation(len(inputs))
         return np.stack(inputs)[order], np.asarray(targets)[order]
@@ -238,7 +240,10 @@ class ValidationSet:
     def build(
         cls, frames: Sequence[np.ndarray], targets: Sequence[int], recipe: FeatureRecipe, hop_frames: int
     ) -> ValidationSet:
-        parts = [windows_from_frames(f, recipe, window_starts(f.shape[1], recipe.n_frames, hop_frames)) for f in frames]
+        parts = [
+            windows_from_frames(f, recipe, window_starts(f.shape[1], recipe.n_frames, hop_frames))
+            for f in frames
+        ]
         return cls(
             windows=np.concatenate(parts),
             window_targets=np.concatenate([np.full(len(p), t) for p, t in zip(parts, targets, strict=True)]),
@@ -263,7 +268,9 @@ def validate(model: nn.Module, valid: ValidationSet) -> dict[str, float]:
     """Window loss and accuracy and clip accuracy (mean of window probabilities) on validation."""
     probs, _ = predict(model, valid.windows)
     loss = float(-np.log(np.maximum(probs[np.arange(len(probs)), valid.window_targets], 1e-12)).mean())
-    clip_probs = np.stack([probs[valid.window_clip == i].mean(axis=0) for i in range(len(valid.clip_targets))])
+    clip_probs = np.stack(
+        [probs[valid.window_clip == i].mean(axis=0) for i in range(len(valid.clip_targets))]
+    )
     return {
         "loss": loss,
         "window_accuracy": float((probs.argmax(axis=1) == valid.window_targets).mean()),
@@ -332,7 +339,9 @@ def train_model(
             f"{'  *' if improved else ''}",
             flush=True,
         )
-        over_budget = config.time_budget_min is not None and time.perf_counter() - start > 60 * config.time_budget_min
+        over_budget = (
+            config.time_budget_min is not None and time.perf_counter() - start > 60 * config.time_budget_min
+        )
         if stale >= config.patience or over_budget:
             break
     model.load_state_dict(best_state)
@@ -415,10 +424,14 @@ def run_protocol(
     if dropped:
         print(f"warning: skipping unreadable clips {dropped}", file=sys.stderr)
     if not splits["valid"]:
-        carved = stratified_split(splits["train"], (1 - config.valid_fraction, config.valid_fraction, 0.0), config.seed)
+        carved = stratified_split(
+            splits["train"], (1 - config.valid_fraction, config.valid_fraction, 0.0), config.seed
+        )
         splits = {"train": carved["train"], "valid": carved["valid"], "test": splits["test"]}
     if not splits["train"] or not splits["valid"] or not splits["test"]:
-        raise DatasetNotFoundError(f"{protocol!r} on {data}: empty split ({ {k: len(v) for k, v in splits.items()} })")
+        raise DatasetNotFoundError(
+            f"{protocol!r} on {data}: empty split ({ {k: len(v) for k, v in splits.items()} })"
+        )
     labels = labels_of(splits)
     index = {label: i for i, label in enumerate(labels)}
     recipe = recipe or default_recipe()
@@ -454,7 +467,9 @@ def run_protocol(
     recipe = fit_normaliser(train_frames, recipe, config.hop_frames)
     train_targets = np.array([index[c.genre] for c in train])
     sampler = WindowSampler(versions, train_targets, recipe, config)
-    valid = ValidationSet.build(valid_frames, [index[c.genre] for c in valid_clips], recipe, config.hop_frames)
+    valid = ValidationSet.build(
+        valid_frames, [index[c.genre] for c in valid_clips], recipe, config.hop_frames
+    )
 
     # Step 4.
     t_train = time.perf_counter()
@@ -528,7 +543,9 @@ def run_protocol(
     summary["history"] = history
     (out_dir / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name, result in (("paper_cnn", cnn_result), (baseline.NAME, base_result)):
-        print(f"{name}: test window acc {result['window_accuracy']:.3f}, clip acc {result['clip_accuracy']:.3f}")
+        print(
+            f"{name}: test window acc {result['window_accuracy']:.3f}, clip acc {result['clip_accuracy']:.3f}"
+        )
         print(result["report_text"])
     if report_dir is not None:
         cnn_entry = {**cnn_result, "training": {k: summary[k] for k in REPORTED_TRAINING_KEYS}}
@@ -540,10 +557,16 @@ def run_protocol(
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset root (default ../shared/data/gtzan)")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="dataset root (default ../shared/data/gtzan)"
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, nargs="+", default=["filtered", "random"])
-    parser.add_argument("--out", type=Path, default=Path("build/paper_cnn"), help="models go to OUT/<protocol>/")
-    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="report folder (metrics.json, report.md)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("build/paper_cnn"), help="models go to OUT/<protocol>/"
+    )
+    parser.add_argument(
+        "--report", type=Path, default=DEFAULT_REPORT, help="report folder (metrics.json, report.md)"
+    )
     parser.add_argument("--no-report", action="store_true", help="write only to OUT")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="feature cache folder")
     for name, value in asdict(defaults).items():
