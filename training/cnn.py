@@ -91,6 +91,11 @@ class PaperCNN(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, n_classes))
         self.embedding_dim = embedding_dim
         self.n_classes = n_classes
+        self.description = (
+            f"{len(widths)} x [conv 3x3 ({'/'.join(map(str, widths))} channels, first with stride 2), "
+            f"batch norm, ReLU, max-pool 2x2], global mean+max pool, dropout {dropout}, "
+            f"dense {embedding_dim} + ReLU (embedding), dropout {dropout}, dense {n_classes}, softmax"
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, n_classes]`` and embedding ``[N, embedding_dim]`` of windows ``[N, 1, M, T]``."""
@@ -220,6 +225,7 @@ def export_onnx(
         hop_frames if hop_frames is not None else recipe.n_frames // 2,
         model.embedding_dim,
         version,
+        architecture=model.description,
         n_parameters=count_parameters(model),
         **extra,
     )
