@@ -207,6 +207,8 @@ def test_label_mapping(tmp_path: Path) -> None:
     assert track_label(Path("/any/where/y.flac"), known, mapping) == "metal"
     assert track_label(Path("/data/blues/z.wav"), known, mapping) == "blues"
     assert track_label(Path("/data/misc/z.wav"), known, mapping) is None
+    tsv.write_text("file\tkind\tgenre\nx.ogg\tmusic\tjazz\ndog.ogg\tsound\t\n")
+    assert read_labels(tsv) == {"x.ogg": "jazz"}
     tsv.write_text("no tab here\n")
     with pytest.raises(ValueError, match="path<TAB>label"):
         read_labels(tsv)
@@ -227,7 +229,7 @@ def _catalog(embeddings: np.ndarray, threshold: int) -> Catalog:
 
 
 def test_ann_agrees_with_exact(tmp_path: Path) -> None:
-    pytest.importorskip("hnswlib")
+    pytest.importorskip("faiss")
     base = _clustered(3000, 32, seed=0)
     queries = _clustered(100, 32, seed=1)
     exact, ann = _catalog(base, threshold=10**9), _catalog(base, threshold=1000)
@@ -238,21 +240,35 @@ def test_ann_agrees_with_exact(tmp_path: Path) -> None:
     index, score = ann.query(base[123], 1)[0]
     assert index == 123 and score == pytest.approx(1.0, abs=1e-4)
     ann.save(tmp_path / "cat")
-    assert (tmp_path / "cat" / "ann.hnsw").is_file()
+    assert (tmp_path / "cat" / "ann.faiss").is_file()
     reloaded = Catalog.load(tmp_path / "cat", ann_threshold=1000)
     assert reloaded.uses_ann and reloaded.query(queries[0], 10) == ann.query(queries[0], 10)
     Catalog.load(tmp_path / "cat").save(tmp_path / "cat")  # below the threshold now: index removed
-    assert not (tmp_path / "cat" / "ann.hnsw").exists()
+    assert not (tmp_path / "cat" / "ann.faiss").exists()
+
+
+def test_index_and_similar_through_the_ann_index(library: dict, tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    model, out = str(library["model"]), tmp_path / "cat"
+    rc, _, err = _run_cli(["index", str(library["root"] / "music"), "--out", str(out), "--model", model,
+                           "--no-progress", "--ann-threshold", "2"])
+    assert rc == 0 and "HNSW index" in err
+    assert json.loads((out / "catalog.json").read_text())["ann"]["library"] == "faiss"
+    query = library["files"][5]
+    rc, stdout, err = _run_cli(["similar", str(query), "--catalog", str(out), "--model", model,
+                                "--ann-threshold", "2", "--json", "-k", "3"])
+    results = json.loads(stdout)
+    assert rc == 0 and results[0]["path"] == str(query) and results[0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_ann_missing_falls_back_to_exact(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
                                          ) -> None:
-    monkeypatch.setattr(similarity, "_load_hnswlib", lambda: None)
+    monkeypatch.setattr(similarity, "_load_faiss", lambda: None)
     base = _clustered(500, 16, seed=2)
     catalog = _catalog(base, threshold=100)
     with caplog.at_level(logging.WARNING, logger="streamgenre.similarity"):
         result = catalog.query(base[7], 5)
-    assert not catalog.uses_ann and "hnswlib is not installed" in caplog.text
+    assert not catalog.uses_ann and "faiss is not installed" in caplog.text
     expected = np.argsort(-(base @ base[7]), kind="stable")[:5]
     assert [i for i, _ in result] == expected.tolist()
 
