@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     index.add_argument("--batch-size", type=int, default=64, help="windows per inference call (default 64)")
     index.add_argument("--ann-threshold", type=int, default=DEFAULT_ANN_THRESHOLD,
                        help=f"build an HNSW index from this many tracks on (default {DEFAULT_ANN_THRESHOLD})")
+    index.add_argument("--max-windows", type=int, default=None, metavar="N",
+                       help="embed at most N windows per track, evenly spread (default: all); bounds the "
+                            "time per long track, queries then use the same")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.set_defaults(func=run_index)
 
@@ -89,7 +92,8 @@ def run_index(args: argparse.Namespace) -> int:
         labels = read_labels(args.labels) if args.labels else None
         model = _load_model(args)
         catalog = build_catalog(args.paths, model, args.out, labels=labels, progress=not args.no_progress,
-                                batch_size=args.batch_size, ann_threshold=args.ann_threshold)
+                                batch_size=args.batch_size, ann_threshold=args.ann_threshold,
+                                max_windows=args.max_windows)
     except (OSError, ValueError, ModelError, CatalogError) as exc:
         return _fail(str(exc))
     for path, reason in catalog.skipped:
@@ -110,7 +114,8 @@ def run_similar(args: argparse.Namespace) -> int:
         catalog = Catalog.load(args.catalog, ann_threshold=args.ann_threshold)
         model = _load_model(args)
         catalog.check_model(model)
-        query = embed_file(args.file, model)
+        # Embed the query as the catalogue's tracks were embedded.
+        query = embed_file(args.file, model, max_windows=catalog.info.get("max_windows"))
     except (ModelError, CatalogError) as exc:
         return _fail(str(exc))
     except (sf.LibsndfileError, OSError) as exc:

@@ -106,7 +106,7 @@ def test_index_writes_valid_catalogue(library: dict) -> None:
     assert {t["path"] for t in tracks} == {str(p) for p in library["files"]}
     labels = json.loads(library["model"].with_suffix(".json").read_text())["labels"]
     for track in tracks:
-        assert set(track) == {"path", "duration_s", "genre", "probs", "label"}
+        assert set(track) == {"path", "duration_s", "n_windows", "genre", "probs", "label"}
         assert track["label"] == Path(track["path"]).parent.name  # GTZAN-like folder name
         assert track["genre"] in labels and len(track["probs"]) == len(labels)
         assert abs(sum(track["probs"]) - 1) < 1e-3
@@ -259,6 +259,24 @@ def test_index_and_similar_through_the_ann_index(library: dict, tmp_path: Path) 
                                 "--ann-threshold", "2", "--json", "-k", "3"])
     results = json.loads(stdout)
     assert rc == 0 and results[0]["path"] == str(query) and results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_max_windows_bounds_work_and_queries_follow_the_catalogue(library: dict, tmp_path: Path) -> None:
+    model = GenreModel(library["model"])
+    y = _synth("jazz", 8.0, seed=99)
+    full = similarity.embed_audio(y, model)
+    capped = similarity.embed_audio(y, model, max_windows=3)
+    assert full.n_windows > 3 and capped.n_windows == 3
+    out = tmp_path / "cat"
+    rc, _, err = _run_cli(["index", str(library["root"] / "music"), "--out", str(out),
+                           "--model", str(library["model"]), "--no-progress", "--max-windows", "1"])
+    assert rc == 0, err
+    assert json.loads((out / "catalog.json").read_text())["max_windows"] == 1
+    assert {t["n_windows"] for t in json.loads((out / "tracks.json").read_text())} == {1}
+    query = library["files"][2]  # 3.5 s: several windows, only one of them embedded
+    rc, stdout, _ = _run_cli(["similar", str(query), "--catalog", str(out), "--model", str(library["model"]),
+                              "--json", "-k", "1"])
+    assert rc == 0 and json.loads(stdout)[0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_ann_missing_falls_back_to_exact(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
