@@ -143,6 +143,8 @@ def embed_audio(y: np.ndarray, model: GenreModel, batch_size: int = 64, duration
     A track shorter than one window is zero-padded to one window, so that every readable file
     gets an embedding; its neighbours are then less reliable.
     """
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows must be at least 1, got {max_windows}")
     recipe = model.recipe
     if duration_s is None:
         duration_s = y.shape[0] / recipe.sample_rate

@@ -267,6 +267,8 @@ def test_max_windows_bounds_work_and_queries_follow_the_catalogue(library: dict,
     full = similarity.embed_audio(y, model)
     capped = similarity.embed_audio(y, model, max_windows=3)
     assert full.n_windows > 3 and capped.n_windows == 3
+    with pytest.raises(ValueError, match="max_windows"):
+        similarity.embed_audio(y, model, max_windows=0)
     out = tmp_path / "cat"
     rc, _, err = _run_cli(["index", str(library["root"] / "music"), "--out", str(out),
                            "--model", str(library["model"]), "--no-progress", "--max-windows", "1"])

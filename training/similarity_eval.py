@@ -31,6 +31,7 @@ build time, single-query latency on one thread and recall@10 against exact searc
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 import time
@@ -389,7 +390,7 @@ def ann_benchmark(
         "n_queries": n_queries,
         "k": k,
         "build_threads": build_threads,
-        "hnswlib": hnswlib.__version__ if hasattr(hnswlib, "__version__") else "?",
+        "hnswlib": importlib.metadata.version("hnswlib"),
         "faiss": faiss.__version__,
         "results": {},
     }
