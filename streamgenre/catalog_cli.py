@@ -1,7 +1,8 @@
 """``streamgenre index`` and ``streamgenre similar``: build a catalogue, find similar tracks.
 
 :func:`register` adds both subcommands to the main parser's subparsers; each sets
-``func`` to its handler (``handler(args) -> exit code``). Errors a user can fix (a missing
+``handler`` to ``handler(args, settings=None) -> exit code``, the convention of
+:mod:`streamgenre.cli`. Errors a user can fix (a missing
 catalogue, a bad path, a catalogue built with another model) print one ``error:`` line on
 stderr and return 1 instead of a traceback.
 """
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="embed at most N windows per track, evenly spread (default: all); bounds the "
                             "time per long track, queries then use the same")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
-    index.set_defaults(func=run_index)
+    index.set_defaults(handler=run_index)
 
     similar = subparsers.add_parser(
         "similar", help="catalogue tracks most similar to an audio file",
@@ -66,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     similar.add_argument("--ann-threshold", type=int, default=DEFAULT_ANN_THRESHOLD,
                          help=f"use the HNSW index from this many tracks on "
                               f"(default {DEFAULT_ANN_THRESHOLD})")
-    similar.set_defaults(func=run_similar)
+    similar.set_defaults(handler=run_similar)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,8 +78,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime threads (default: all cores)")
 
 
-def _load_model(args: argparse.Namespace) -> GenreModel:
-    return GenreModel(args.model or Settings().model_path, threads=args.threads)
+def _load_model(args: argparse.Namespace, settings: Settings | None) -> GenreModel:
+    return GenreModel(args.model or (settings or Settings()).model_path, threads=args.threads)
 
 
 def _fail(message: str) -> int:
@@ -86,11 +87,11 @@ def _fail(message: str) -> int:
     return 1
 
 
-def run_index(args: argparse.Namespace) -> int:
+def run_index(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Handler of ``streamgenre index``: build the catalogue, report skipped files."""
     try:
         labels = read_labels(args.labels) if args.labels else None
-        model = _load_model(args)
+        model = _load_model(args, settings)
         catalog = build_catalog(args.paths, model, args.out, labels=labels, progress=not args.no_progress,
                                 batch_size=args.batch_size, ann_threshold=args.ann_threshold,
                                 max_windows=args.max_windows)
@@ -104,7 +105,7 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_similar(args: argparse.Namespace) -> int:
+def run_similar(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Handler of ``streamgenre similar``: print FILE's nearest catalogue tracks."""
     if args.k < 1:
         return _fail(f"-k must be at least 1, got {args.k}")
@@ -112,7 +113,7 @@ def run_similar(args: argparse.Namespace) -> int:
         return _fail(f"no such audio file: {args.file}")
     try:
         catalog = Catalog.load(args.catalog, ann_threshold=args.ann_threshold)
-        model = _load_model(args)
+        model = _load_model(args, settings)
         catalog.check_model(model)
         # Embed the query as the catalogue's tracks were embedded.
         query = embed_file(args.file, model, max_windows=catalog.info.get("max_windows"))

@@ -87,7 +87,7 @@ def _run_cli(argv: list[str]) -> tuple[int, str, str]:
     args = _parser().parse_args(argv)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = args.func(args)
+        rc = args.handler(args)
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -169,6 +169,17 @@ def test_cli_errors(library: dict, tmp_path: Path) -> None:
     rc, _, err = _run_cli(["index", str(tmp_path / "empty"), "--out", str(tmp_path / "c"), "--model", model,
                            "--no-progress"])
     assert rc == 1 and "no audio files" in err
+
+
+def test_subcommands_through_the_main_cli(library: dict, capsys: pytest.CaptureFixture) -> None:
+    from streamgenre.cli import main
+
+    query = library["files"][3]
+    rc = main(["similar", str(query), "--catalog", str(library["catalog"]), "--model", str(library["model"]),
+               "--json", "-k", "2"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)[0]["path"] == str(query)
+    assert main(["similar", str(query), "--catalog", str(library["root"] / "none")]) == 1
+    assert "catalogue not found" in capsys.readouterr().err
 
 
 def test_neighbours_for_live_windows(library: dict) -> None:
