@@ -63,6 +63,7 @@ from training.evaluate import DEFAULT_DATA, DEFAULT_REPORT, evaluate_onnx, plot_
 
 #: Training facts copied into the report next to the CNN's scores.
 REPORTED_TRAINING_KEYS = (
+    "config",
     "n_parameters",
     "epochs_run",
     "best_epoch",
