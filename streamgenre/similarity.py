@@ -14,7 +14,7 @@ A :class:`Catalog` is a directory (format in ``docs/similarity.md``)::
         ann.faiss        optional HNSW index, only for catalogues of >= ann_threshold tracks
 
 Search is exact (one matrix-vector product) below ``ann_threshold`` tracks (default 100 000,
-about 10 ms a query at D = 200 on one core) and approximate above it, with an HNSW graph from
+about 10 ms a query at D = 400 on one core) and approximate above it, with an HNSW graph from
 ``faiss-cpu`` (the optional extra ``streamgenre[ann]``). Without faiss a large catalogue is still
 searched, exactly, and a log line says so.
 """
@@ -363,6 +363,9 @@ class Catalog:
         if info.get("format") != FORMAT_NAME or info.get("format_version") != FORMAT_VERSION:
             raise CatalogError(f"{directory}: unsupported catalogue format "
                                f"{info.get('format')!r} v{info.get('format_version')}")
+        if info.get("n_tracks") != len(tracks):
+            raise CatalogError(f"{directory}: catalog.json says {info.get('n_tracks')} tracks, tracks.json has "
+                               f"{len(tracks)} (interrupted or concurrent rewrite? rebuild it)")
         if embeddings.ndim != 2 or embeddings.shape[1] != info.get("embedding_dim"):
             raise CatalogError(f"{directory}: embeddings {embeddings.shape} disagree with "
                                f"embedding_dim {info.get('embedding_dim')}")

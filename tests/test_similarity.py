@@ -169,6 +169,13 @@ def test_cli_errors(library: dict, tmp_path: Path) -> None:
     rc, _, err = _run_cli(["index", str(tmp_path / "empty"), "--out", str(tmp_path / "c"), "--model", model,
                            "--no-progress"])
     assert rc == 1 and "no audio files" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("embeddings.npy", "tracks.json", "catalog.json"):
+        (broken / name).write_bytes((library["catalog"] / name).read_bytes())
+    (broken / "tracks.json").write_text("[]")
+    rc, _, err = _run_cli(["similar", query, "--catalog", str(broken), "--model", model])
+    assert rc == 1 and "tracks.json has 0" in err
 
 
 def test_subcommands_through_the_main_cli(library: dict, capsys: pytest.CaptureFixture) -> None:
@@ -235,7 +242,7 @@ def _catalog(embeddings: np.ndarray, threshold: int) -> Catalog:
     tracks = [{"path": f"t{i}", "duration_s": 1.0, "genre": "pop", "probs": [1.0], "label": None}
               for i in range(len(embeddings))]
     info = {"format": similarity.FORMAT_NAME, "format_version": similarity.FORMAT_VERSION,
-            "model_version": "v", "embedding_dim": embeddings.shape[1]}
+            "model_version": "v", "embedding_dim": embeddings.shape[1], "n_tracks": len(embeddings)}
     return Catalog(embeddings, tracks, info, ann_threshold=threshold)
 
 
