@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -321,6 +322,8 @@ class Catalog:
         self.directory: Path | None = None
         self._ann: Any | None = None
         self._ann_checked = False
+        # The index is loaded or built lazily; the lock keeps concurrent first queries from doing it twice.
+        self._ann_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -415,7 +418,13 @@ class Catalog:
     def _ann_index(self) -> Any | None:
         if self._ann_checked:
             return self._ann
-        self._ann_checked = True
+        with self._ann_lock:
+            if not self._ann_checked:
+                self._ann = self._open_ann_index()
+                self._ann_checked = True
+        return self._ann
+
+    def _open_ann_index(self) -> Any | None:
         if len(self) < self.ann_threshold:
             return None
         faiss = _load_faiss()
@@ -435,7 +444,6 @@ class Catalog:
         if index.ntotal != len(self) or index.d != self.dim:
             raise CatalogError(f"{saved} holds {index.ntotal} vectors of dimension {index.d}, "
                                f"the catalogue {len(self)} of dimension {self.dim}: rebuild it")
-        self._ann = index
         return index
 
     def query(self, embedding: np.ndarray, k: int = 10) -> list[tuple[int, float]]:
