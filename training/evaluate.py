@@ -345,7 +345,11 @@ def render_report(metrics: dict[str, Any]) -> str:
             if extra:
                 lines += [f"`{name}`: " + json.dumps(extra), ""]
         if protocol in PLOTTED_PROTOCOLS:
-            lines += [f"Confusion matrix of the first model: ![confusion](confusion_{protocol}.png)", ""]
+            lines += [
+                f"Confusion matrix (of the model last evaluated; named in its title): "
+                f"![confusion](confusion_{protocol}.png)",
+                "",
+            ]
         if protocol == "mini":
             lines += [
                 "Models trained here used only `splits/mini_train.txt` (a stratified fifth of it held",
@@ -362,7 +366,8 @@ def write_report(
     """Record ``results`` (model name -> :func:`evaluate_onnx`-style dict) and regenerate the report.
 
     Writes ``metrics.json`` (merged), ``report.md`` and, for GTZAN protocols
-    (:data:`PLOTTED_PROTOCOLS`), ``confusion_<protocol>.png`` of the first model in ``results``.
+    (:data:`PLOTTED_PROTOCOLS`), ``confusion_<protocol>.png`` of the first model in ``results``
+    (each model's matrix is also in ``metrics.json``).
     """
     metrics: dict[str, Any] = {}
     for name, result in results.items():
