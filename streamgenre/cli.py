@@ -123,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     from streamgenre.devbroker import BrokerError
     from streamgenre.ingest import IngestError
     from streamgenre.model import ModelError
+    from streamgenre.similarity import CatalogError
 
     try:
         return args.handler(args, settings)
-    except (ModelError, IngestError, BrokerError, FileNotFoundError) as exc:
+    except (ModelError, IngestError, BrokerError, CatalogError, FileNotFoundError) as exc:
         print(f"streamgenre {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (KafkaConnectionError, KafkaTimeoutError):

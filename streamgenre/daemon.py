@@ -100,6 +100,8 @@ class Daemon:
         self.model = GenreModel(s.model_path, threads=s.ort_threads)
         self.health.model_loaded = True
         self.metrics.model_info.labels(self.model.version).set(1)
+        if self.catalog is not None:
+            self.catalog.check_model(self.model)  # embeddings of another model live in another space
         self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
         self.kafka = KafkaSink(s)
         self.redis = RedisSink(s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -33,6 +34,17 @@ class NeighbourIndex(Protocol):
     """What live neighbours need from a catalogue (see :mod:`streamgenre.similarity`)."""
 
     def neighbours(self, embeddings: np.ndarray, k: int) -> list[dict]: ...
+
+    def check_model(self, model: GenreModel) -> None: ...
+
+
+@dataclass
+class _LiveNeighbours:
+    """A stream's recent window embeddings and the neighbours last found for them."""
+
+    recent: collections.deque[np.ndarray]
+    neighbours: list[dict] = field(default_factory=list)
+    windows_since_query: int = 0
 
 
 class Pipeline:
@@ -71,7 +83,7 @@ class Pipeline:
         self.framer = Framer(recipe, hop_frames, settings.max_gap_s, settings.max_streams)
         self.batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms)
         self.smoothers: dict[str, GenreSmoother] = {}
-        self.recent_embeddings: dict[str, collections.deque[np.ndarray]] = {}
+        self.live_neighbours: dict[str, _LiveNeighbours] = {}
         self.last_offset: dict[int, int] = {}
 
     def warm_up(self) -> None:
@@ -181,13 +193,18 @@ class Pipeline:
     def _with_neighbours(self, stream_id: str, value: bytes, embedding: np.ndarray) -> bytes:
         if self.catalog is None:
             return value
-        recent = self.recent_embeddings.get(stream_id)
-        if recent is None:
+        live = self.live_neighbours.get(stream_id)
+        if live is None:
             keep = max(1, round(self.settings.neighbours_window_s / self.hop_s))
-            recent = self.recent_embeddings[stream_id] = collections.deque(maxlen=keep)
-        recent.append(embedding)
+            live = self.live_neighbours[stream_id] = _LiveNeighbours(collections.deque(maxlen=keep))
+        live.recent.append(embedding)
+        # A catalogue query costs up to ~10 ms at 100k tracks; the recent-audio mean barely moves
+        # from one window to the next, so refresh it three times per neighbours window.
+        if live.windows_since_query == 0:
+            live.neighbours = self.catalog.neighbours(np.stack(live.recent), self.settings.neighbours_k)
+        live.windows_since_query = (live.windows_since_query + 1) % max(1, live.recent.maxlen // 3)
         prediction = Prediction.model_validate_json(value)
-        prediction.neighbours = self.catalog.neighbours(np.stack(recent), self.settings.neighbours_k)
+        prediction.neighbours = live.neighbours
         return prediction.model_dump_json(exclude_none=True).encode()
 
     # -- commits and state -------------------------------------------------------------------
@@ -228,7 +245,7 @@ class Pipeline:
 
     def _forget_closed_streams(self) -> None:
         open_streams = self.framer.streams
-        for registry in (self.smoothers, self.recent_embeddings):
+        for registry in (self.smoothers, self.live_neighbours):
             for stream_id in [s for s in registry if s not in open_streams]:
                 del registry[stream_id]
         self.metrics.active_streams.set(len(open_streams))

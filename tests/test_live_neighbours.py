@@ -11,10 +11,12 @@ import soundfile as sf
 from kafka import KafkaProducer
 
 from streamgenre.config import Settings
+from streamgenre.daemon import Daemon
 from streamgenre.model import GenreModel
-from streamgenre.similarity import Catalog, build_catalog
+from streamgenre.similarity import Catalog, CatalogError, build_catalog
 from tests.audio import chunked_stream, tone_mix
 from tests.conftest import REDIS_URL, read_topic, running_daemon
+from tests.modelgen import make_test_model
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +39,11 @@ def test_latest_carries_catalogue_neighbours(settings: Settings, test_model: Pat
     assert len(neighbours) == 3
     assert [n["score"] for n in neighbours] == sorted((n["score"] for n in neighbours), reverse=True)
     assert neighbours[0]["path"].endswith("track1.wav")  # the same audio is the closest track
+
+
+def test_catalogue_of_another_model_is_refused(settings: Settings, tmp_path: Path) -> None:
+    sf.write(tmp_path / "track.wav", tone_mix(2.0, 16000, 1, seed=1), 16000)
+    other = make_test_model(tmp_path / "other", seed=7)
+    build_catalog([tmp_path / "track.wav"], GenreModel(other), tmp_path / "catalog", progress=False)
+    with pytest.raises(CatalogError):
+        Daemon(settings, catalog=Catalog.load(tmp_path / "catalog")).startup()
