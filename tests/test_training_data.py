@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -154,3 +156,12 @@ def test_unreadable_clips_are_dropped(tmp_path: Path) -> None:
     splits, dropped = drop_unreadable(load_split(tmp_path, "random"))
     assert dropped == ["metal/metal.00003"]
     assert sum(len(v) for v in splits.values()) == 29
+
+
+def test_data_and_evaluation_modules_do_not_import_torch() -> None:
+    # The daemon and the similarity tools reuse these modules; torch stays a training-only import.
+    code = (
+        "import sys, training.data, training.evaluate, training.baseline, training.augment; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
