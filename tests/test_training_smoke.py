@@ -21,7 +21,9 @@ from training import augment
 from training.cnn import build_model, build_random_onnx, export_onnx
 from training.data import load_split
 from training.evaluate import OnnxGenreModel, evaluate_onnx
+from training.evaluate import main as evaluate_main
 from training.train import TrainConfig, run_protocol
+from training.train import main as train_main
 
 SR = 22050
 # A small front end keeps the test fast; the pipeline is the same as with the paper recipe.
@@ -174,3 +176,25 @@ def test_online_augmentations() -> None:
     mixed_x, mixed_y = augment.mixup(np.arange(4, dtype=np.float32)[:, None], targets, rng)
     np.testing.assert_allclose(mixed_y.sum(axis=1), 1.0, atol=1e-6)
     assert mixed_x.shape == (4, 1)
+
+
+def test_evaluate_cli_writes_the_report(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    out, root, _summary = trained
+    args = ["--model", str(out / "genre_cnn.onnx"), "--data", str(root), "--protocol", "random"]
+    assert (
+        evaluate_main([*args, "--name", "smoke", "--report", str(tmp_path), "--cache", str(out / "cache")])
+        == 0
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["random"]["smoke"]["n_clips"] == 3
+    assert "smoke" in (tmp_path / "report.md").read_text()
+
+
+def test_clis_explain_a_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_main(["--data", str(tmp_path / "gtzan"), "--out", str(tmp_path / "out"), "--no-report"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    build_random_onnx(tmp_path / "m.onnx", recipe=RECIPE)
+    args = ["--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "gtzan"), "--report", str(tmp_path)]
+    assert evaluate_main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
