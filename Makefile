@@ -39,7 +39,7 @@ lint: $(VENV)/.test-installed
 
 # Retrain the paper CNN from scratch (needs ../shared/data/gtzan).
 train: $(VENV)/.test-installed
-	$(PY) -m training.train --data ../shared/data/gtzan --protocol filtered
+	$(PY) -m training.train --data ../shared/data/gtzan --protocol filtered random --out build/paper_cnn --threads 2 --time-budget-min 20
 
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/streamgenre bench
