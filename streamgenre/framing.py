@@ -109,7 +109,9 @@ class StreamState:
             self._frames[:, self._n_frames : self._n_frames + taken] = new_frames[:, :taken]
             self._n_frames += taken
             new_frames = new_frames[:, taken:]
-            if self._n_frames >= self.recipe.n_frames:
+            # A full buffer can hold two complete windows: emit both now, or the second would
+            # wait for audio that an end of stream never brings.
+            while self._n_frames >= self.recipe.n_frames:
                 windows.append(self._emit(received_at, ts_ms))
         self._forget_consumed_chunks()
         return windows

@@ -22,6 +22,9 @@ from streamgenre.config import Settings
 
 log = logging.getLogger(__name__)
 
+BOOTSTRAP_TIMEOUT_MS = 5000
+COMMIT_TIMEOUT_MS = 5000
+
 
 @dataclass(frozen=True)
 class Record:
@@ -67,6 +70,9 @@ class ChunkSource:
             max_partition_fetch_bytes=max(1 << 20, settings.max_message_bytes + 65536),
             fetch_max_bytes=max(52428800, settings.max_message_bytes + 65536),
             reconnect_backoff_max_ms=int(settings.broker_retry_max_s * 1000),
+            # Construction blocks until the broker answers; bounded so the daemon's own backoff
+            # loop (and a SIGTERM during it) keeps control while the broker is down.
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             **settings.kafka_security(),
         )
         self._consumer.subscribe([self.topic], listener=_Listener(on_revoked, on_assigned))
@@ -89,11 +95,17 @@ class ChunkSource:
         self._consumer.resume(*[TopicPartition(self.topic, p) for p in partitions])
 
     def commit(self, offsets: dict[int, int]) -> None:
-        """Synchronously commit ``partition -> next offset to read``."""
+        """Synchronously commit ``partition -> next offset to read``.
+
+        Bounded: without a timeout kafka-python retries a commit until the coordinator is back,
+        which during a broker outage would freeze the poll thread (no readiness updates, no
+        SIGTERM handling). A timed-out commit raises KafkaTimeoutError; the next checkpoint
+        commits the same or a later offset.
+        """
         if offsets:
             self._consumer.commit({
                 TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()
-            })
+            }, timeout_ms=COMMIT_TIMEOUT_MS)
 
     def lag(self) -> dict[int, int]:
         """Records between our position and the fetch high-water mark, per assigned partition.
@@ -109,7 +121,15 @@ class ChunkSource:
         return lag
 
     def connected(self) -> bool:
-        return self._consumer.bootstrap_connected() or bool(self._consumer.assignment())
+        """True while the consumer holds a live connection to a broker (readiness).
+
+        kafka-python 3's ``bootstrap_connected()`` is only true *during* the bootstrap, and the
+        assignment survives a broker outage, so neither tells whether the broker answers now.
+        A member always keeps its coordinator (heartbeats) and fetch connections open, so
+        "any connection up" is the live signal.
+        """
+        client = self._consumer._client  # no public accessor for connection state
+        return any(client.connected(node) for node in list(client._manager._conns))
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -143,7 +143,21 @@ def _decode_pcm(payload: bytes, headers: ChunkHeaders) -> np.ndarray:
     return samples.mean(axis=1, dtype=np.float32)
 
 
+def _check_riff_length(payload: bytes) -> None:
+    """Refuse a WAV (RIFF) whose header declares more bytes than the message carries.
+
+    libsndfile silently clamps such a file to the bytes present, so a truncated upload or a
+    hostile header claiming gigabytes would otherwise pass as a short, valid chunk.
+    """
+    if len(payload) >= 8 and payload[:4] == b"RIFF":
+        declared = int.from_bytes(payload[4:8], "little") + 8
+        if declared > len(payload):
+            raise BadInput(Reason.CORRUPT_CONTAINER,
+                           f"RIFF header declares {declared} bytes, the message has {len(payload)}")
+
+
 def _decode_container(payload: bytes, max_samples: int) -> tuple[np.ndarray, int]:
+    _check_riff_length(payload)
     try:
         with sf.SoundFile(io.BytesIO(payload)) as audio:
             rate, channels, frames = audio.samplerate, audio.channels, audio.frames

@@ -80,9 +80,11 @@ def test_each_bad_input_has_its_reason() -> None:
         assert caught.value.reason is reason, f"{reason}: got {caught.value}"
 
 
-def test_lying_container_header_decodes_only_what_is_there() -> None:
-    chunk = decode_chunk(b"k", wav_claiming(10**9), chunk_headers("audio/wav", 0, 0), LIMIT)
-    assert chunk.samples.shape == (32,)
+def test_lying_container_header_is_refused() -> None:
+    """libsndfile would clamp it to the 32 samples present; a header that lies is a corrupt container."""
+    with pytest.raises(BadInput) as caught:
+        decode_chunk(b"k", wav_claiming(10**9), chunk_headers("audio/wav", 0, 0), LIMIT)
+    assert caught.value.reason is Reason.CORRUPT_CONTAINER
     assert len(silent_flac(600)) < LIMIT // 50
 
 
