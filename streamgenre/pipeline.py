@@ -127,7 +127,13 @@ class Pipeline:
             ("dlq-detail", detail[:1000].encode("utf-8", "replace")),
             ("dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
-        self.kafka.send(OutMessage(self.settings.dlq_topic, record.key, record.value or b"", headers))
+        value = record.value or b""
+        if len(value) > self.settings.max_message_bytes:
+            # The producer refuses a request this large: forwarded whole, it would fail every
+            # flush and block all commits behind it. Keep its head and say how long it was.
+            headers.append(("dlq-original-bytes", str(len(value)).encode()))
+            value = value[: self.settings.max_message_bytes]
+        self.kafka.send(OutMessage(self.settings.dlq_topic, record.key, value, headers))
         self.metrics.dlq_messages.labels(reason).inc()
 
     # -- inference and outputs ---------------------------------------------------------------

@@ -25,7 +25,7 @@ from streamgenre.daemon import Daemon
 from streamgenre.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.model import GenreModel
 from streamgenre.sinks import KafkaSink, OutMessage
-from streamgenre.source import ChunkSource
+from streamgenre.source import BOOTSTRAP_TIMEOUT_MS, ChunkSource
 from tests.conftest import running_daemon
 from tests.faults_harness import (
     DaemonProcess,
@@ -487,7 +487,11 @@ def test_ten_thousand_hostile_messages_all_dead_lettered(settings: Settings, tes
         headers = dict(message.headers)
         original = hostile[int(headers["fuzz-id"])]
         assert headers["dlq-reason"].decode() == original.reason.value
-        assert (message.value or b"") == original.value and (message.key or b"") == (original.key or b"")
+        assert (message.key or b"") == (original.key or b"")
+        # Original bytes; an oversized one is cut to the limit and says how long it was.
+        assert (message.value or b"") == original.value[:MAX_BYTES]
+        if len(original.value) > MAX_BYTES:
+            assert headers["dlq-original-bytes"] == str(len(original.value)).encode()
         assert headers["dlq-source"].startswith(settings.input_topic.encode())
     assert counted == {r.value: float(n) for r, n in collections.Counter(h.reason for h in hostile).items()}
     assert not result.missing and not result.unexpected and result.duplicates == 0
@@ -527,3 +531,23 @@ def test_producer_recovers_after_memory_broker_restart(tmp_path: Path) -> None:
         sink.close()
         broker.stop()
     assert b"after" in values  # memory storage lost 'before' with the restart; see RELIABILITY.md
+
+
+def test_sigterm_while_the_broker_is_unreachable_exits_cleanly(test_model: Path, tmp_path: Path) -> None:
+    """Stopping a worker that never reached its broker is bounded by one bootstrap attempt, exit 0."""
+    settings = Settings(
+        bootstrap_servers=f"127.0.0.1:{free_port()}",
+        model_path=test_model,
+        metrics_host="127.0.0.1",
+        metrics_port=free_port(),
+    )
+    worker = DaemonProcess(settings, tmp_path / "worker.log").start()
+    try:
+        wait_for(lambda: (r := worker.readyz()) is not None and r[0] == 503, 30, "/readyz 503")
+        started = time.monotonic()
+        code = worker.terminate(timeout_s=30)
+        stop_s = time.monotonic() - started
+    finally:
+        worker.stop()
+    assert code == 0, worker.log()[-3000:]
+    assert stop_s <= BOOTSTRAP_TIMEOUT_MS / 1000 + settings.drain_timeout_s + 2
