@@ -17,7 +17,38 @@ from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from streamgenre.config import Settings
 
 
+def _run_workers(settings: Settings) -> int:
+    """``workers > 1``: one ``streamgenre run`` child per worker, same group; signals are forwarded.
+
+    Separate processes because the per-chunk work (decode, framing, JSON) holds the GIL; the
+    consumer group spreads the partitions over them. Worker ``i`` serves metrics on
+    ``metrics_port + i``.
+    """
+    import os
+    import signal
+    import subprocess
+
+    children = [
+        subprocess.Popen([sys.executable, "-m", "streamgenre.cli", "run"],
+                         env={**os.environ, "STREAMGENRE_WORKERS": "1",
+                              "STREAMGENRE_METRICS_PORT": str(settings.metrics_port + i)})
+        for i in range(settings.workers)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.workers > 1:
+        return _run_workers(settings)
     from streamgenre.daemon import Daemon
 
     catalog = None
@@ -110,9 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre import catalog_cli
+    from streamgenre import bench, catalog_cli
 
     catalog_cli.register(sub)
+    bench.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

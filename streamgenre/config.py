@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Model and pipeline
     model_path: Path = Field(SHIPPED_MODEL, description="ONNX model; its JSON sidecar sits beside it.")
     ort_threads: int = Field(1, description="onnxruntime intra-op threads.")
+    # `streamgenre run` starts this many daemon processes in one consumer group (worker i serves
+    # metrics on metrics_port + i). Processes, not threads: framing and publishing hold the GIL.
+    workers: int = Field(1, ge=1, description="Daemon processes started by `streamgenre run` (one per core).")
     hop_s: float | None = Field(None, description="Seconds between windows; default: the sidecar's hop_s.")
     max_batch: int = Field(64, description="Largest inference micro-batch.")
     max_wait_ms: float = Field(20.0, description="Longest a complete window waits for its batch to fill.")

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import librosa
 import numpy as np
+import scipy.fft
 
 LogKind = Literal["power_to_db", "log10_1p"]
 
@@ -144,15 +145,23 @@ def mel_frames(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     streaming path needs frames of *arbitrary* stretches of audio without recomputing the ones
     it already has, and because a single batched rfft over all new frames of all streams is
     about twice as fast as librosa's per-call overhead; parity with librosa is a test.
+
+    ``scipy.fft`` rather than ``np.fft``: on float32 frames it is about 5x faster here (it
+    vectorises across rows); float32 keeps parity far inside the 1e-3 dB test bound. For
+    ``power == 2`` the squared magnitude is ``re² + im²`` directly (no sqrt then square).
     """
     y = np.asarray(y, dtype=np.float32)
     if y.shape[0] < recipe.n_fft:
         return np.zeros((recipe.n_mels, 0), np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(y, recipe.n_fft)[:: recipe.hop_length]
-    spectrum = np.abs(np.fft.rfft(frames * recipe.fft_window, axis=1))
-    if recipe.power != 1.0:
-        spectrum = spectrum**recipe.power
-    return (recipe.mel_basis @ spectrum.astype(np.float32).T).astype(np.float32)
+    stft = scipy.fft.rfft(frames * recipe.fft_window, axis=1)
+    if recipe.power == 2.0:
+        spectrum = stft.real**2 + stft.imag**2
+    else:
+        spectrum = np.abs(stft)
+        if recipe.power != 1.0:
+            spectrum = spectrum**recipe.power
+    return (recipe.mel_basis @ spectrum.astype(np.float32, copy=False).T).astype(np.float32, copy=False)
 
 
 def compress(mel: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:

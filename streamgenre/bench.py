@@ -1,0 +1,801 @@
+"""``streamgenre bench``: how many live streams one box serves, and how close the daemon gets to its ceiling.
+
+Three measurements per model, in one run, so that they share the machine's state:
+
+* **ceiling** — features + inference in-process on in-memory audio: S streams of 22.05 kHz
+  chunks pushed through the daemon's own :class:`~streamgenre.framing.Framer` (resampling,
+  incremental STFT/mel, windows) and micro-batched ``GenreModel.predict``; no broker, no
+  decode, no publishing. Run in ``workers`` processes at once (the daemon's process count),
+  so it is the box's compute ceiling for that process layout.
+* **end to end** — the real thing: an embedded broker (tansu), S streams produced in real time
+  by a separate producer process (s16le chunks, ``chunk_s`` each, sent when their audio would
+  have been captured, i.e. at ``ts + chunk_s``), ``workers`` daemon processes in one consumer
+  group (``streamgenre run``), Redis when one answers, and a consumer of the output topic.
+  Reports sustained audio-seconds per wall-second, p50/p99 of *window complete → published*
+  (the ``latency_ms`` field of every prediction) and of *chunk ts → published* (the output
+  record's timestamp minus ``ts`` of the chunk that holds the window's last sample), RSS and
+  bytes per stream.
+* **baseline** — the paper-style pipeline: per window, ``librosa.feature.melspectrogram`` of
+  the whole window and a batch-1 inference with the same model.
+
+Models: ``cnn`` is a randomly initialised paper CNN (``training.cnn.build_random_onnx``) — its
+cost matters here, not its weights; ``shipped`` is ``model/genre_cnn.onnx``. torch is imported
+only to build the benchmark CNN, never by the daemon.
+
+``--sweep`` searches the largest S that the end-to-end run sustains in real time with p99
+window → publish ≤ 100 ms. Results go to ``benchmarks/results/<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamgenre.config import SHIPPED_MODEL, Settings
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+INPUT_RATE = 22050
+N_VOICES = 8  # distinct signals shared round-robin by the simulated streams
+VOICE_S = 12.0
+
+
+# -- audio and models --------------------------------------------------------------------------
+def voice(index: int, seconds: float = VOICE_S, rate: int = INPUT_RATE) -> np.ndarray:
+    """A few seconds of tones + noise (mono float32); content does not change the cost."""
+    rng = np.random.default_rng(index)
+    t = np.arange(int(seconds * rate)) / rate
+    y = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 1000) * t) + 0.1 * rng.normal(size=t.size)
+    y += 0.1 * np.sin(2 * np.pi * rng.uniform(1000, 4000) * t)
+    return np.clip(y, -1, 1).astype(np.float32)
+
+
+def build_bench_cnn(directory: Path) -> Path:
+    """Random-init paper CNN with the contract (torch imported here only)."""
+    from training.cnn import build_random_onnx
+
+    path = directory / "bench_cnn.onnx"
+    if not path.is_file():
+        build_random_onnx(path)
+    return path
+
+
+def model_paths(which: str, workdir: Path, shipped: Path) -> dict[str, Path]:
+    paths: dict[str, Path] = {}
+    if which in ("cnn", "both"):
+        paths["cnn"] = build_bench_cnn(workdir)
+    if which in ("shipped", "both"):
+        if shipped.is_file():
+            paths["shipped"] = shipped
+        else:
+            print(f"bench: no shipped model at {shipped}; skipped", file=sys.stderr)
+    return paths
+
+
+# -- ceiling -----------------------------------------------------------------------------------
+def _ceiling_worker(
+    model_path: str,
+    streams: int,
+    seconds: float,
+    chunk_s: float,
+    max_batch: int,
+    ort_threads: int,
+    seed: int,
+    out: Any,
+) -> None:
+    from streamgenre.daemon import limit_native_threads
+    from streamgenre.framing import Framer
+    from streamgenre.model import GenreModel
+
+    limit_native_threads()  # as the daemon does
+    from streamgenre.wire import Chunk, ChunkHeaders
+
+    model = GenreModel(Path(model_path), threads=ort_threads)
+    framer = Framer(model.recipe, model.spec.hop_frames)
+    chunk_n = round(chunk_s * INPUT_RATE)
+    voices = [voice(v) for v in range(N_VOICES)]
+    n_chunks = max(1, round(seconds / chunk_s))
+    # Warm up: filterbank, soxr and onnxruntime's first calls are one-off costs, not throughput.
+    warm = Framer(model.recipe, model.spec.hop_frames)
+    for k in range(int(np.ceil(model.spec.window_s / chunk_s)) + 1):
+        headers = ChunkHeaders(
+            content_type="audio/pcm;format=f32le",
+            sample_rate=INPUT_RATE,
+            channels=1,
+            seq=k,
+            ts=round(1000 * k * chunk_s),
+        )
+        warm.push(
+            Chunk.model_construct(
+                stream_id="warm", headers=headers, samples=voices[0][:chunk_n], sample_rate=INPUT_RATE
+            ),
+            0,
+            k,
+            0.0,
+        )
+    for batch in (1, max_batch):
+        model.predict(np.zeros((batch, 1, model.recipe.n_mels, model.recipe.n_frames), np.float32))
+    pending: list[np.ndarray] = []
+    windows = 0
+    infer_s = 0.0
+    start_ms = 1_760_000_000_000 + seed * 7919
+    started, cpu0 = time.perf_counter(), time.process_time()
+    for k in range(n_chunks):
+        for i in range(streams):
+            v = voices[(i + seed) % N_VOICES]
+            pos = (k * chunk_n) % (v.size - chunk_n)
+            headers = ChunkHeaders(
+                content_type="audio/pcm;format=f32le",
+                sample_rate=INPUT_RATE,
+                channels=1,
+                seq=k,
+                ts=start_ms + round(1000 * k * chunk_s),
+            )
+            chunk = Chunk.model_construct(
+                stream_id=f"s{seed}-{i}",
+                headers=headers,
+                samples=v[pos : pos + chunk_n],
+                sample_rate=INPUT_RATE,
+            )
+            result = framer.push(chunk, 0, k, 0.0)
+            pending.extend(w.logmel for w in result.windows)
+            while len(pending) >= max_batch:
+                t0 = time.perf_counter()
+                model.predict(np.stack(pending[:max_batch]))
+                infer_s += time.perf_counter() - t0
+                windows += max_batch
+                pending = pending[max_batch:]
+    if pending:
+        t0 = time.perf_counter()
+        model.predict(np.stack(pending))
+        infer_s += time.perf_counter() - t0
+        windows += len(pending)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    state = [s.state_bytes() for s in framer.streams.values()]
+    out.put(
+        {
+            "audio_s": streams * n_chunks * chunk_s,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "windows": windows,
+            "infer_s": infer_s,
+            "state_bytes_mean": float(np.mean(state)) if state else 0.0,
+        }
+    )
+
+
+def measure_ceiling(
+    model_path: Path,
+    streams: int,
+    seconds: float,
+    chunk_s: float,
+    workers: int,
+    max_batch: int = 64,
+    ort_threads: int = 1,
+) -> dict[str, Any]:
+    """Audio-seconds per wall-second of features + inference for ``streams`` streams."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    per = [streams // workers + (1 if i < streams % workers else 0) for i in range(workers)]
+    procs = [
+        ctx.Process(
+            target=_ceiling_worker,
+            args=(str(model_path), n, seconds, chunk_s, max_batch, ort_threads, i, out),
+        )
+        for i, n in enumerate(per)
+        if n
+    ]
+    for p in procs:
+        p.start()
+    parts = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    audio_s = sum(p["audio_s"] for p in parts)
+    wall = max(p["wall_s"] for p in parts)
+    infer = sum(p["infer_s"] for p in parts)
+    cpu = sum(p["cpu_s"] for p in parts)
+    return {
+        "streams": streams,
+        "workers": workers,
+        "audio_s": audio_s,
+        "wall_s": round(wall, 3),
+        "audio_s_per_s": round(audio_s / wall, 1),
+        "audio_s_per_cpu_s": round(audio_s / cpu, 1),
+        "windows": sum(p["windows"] for p in parts),
+        "model_share": round(infer / cpu, 3),
+        "state_bytes_per_stream": round(float(np.mean([p["state_bytes_mean"] for p in parts])), 0),
+    }
+
+
+# -- paper-style baseline ----------------------------------------------------------------------
+def measure_baseline(model_path: Path, seconds: float = 5.0) -> dict[str, Any]:
+    """Per window: resample (if needed) + ``librosa.feature.melspectrogram`` + LOG + batch-1 inference."""
+    import librosa
+
+    from streamgenre.daemon import limit_native_threads
+    from streamgenre.features import window_input
+    from streamgenre.model import GenreModel
+
+    limit_native_threads()  # a fair baseline: the same BLAS setting as ours
+    model = GenreModel(model_path, threads=1)
+    r = model.recipe
+    hop_s = model.spec.hop_frames * r.hop_length / r.sample_rate
+    in_len = int(np.ceil(r.window_samples * INPUT_RATE / r.sample_rate)) + 64
+    y_in = voice(0)[:in_len]
+
+    def one() -> None:
+        y = (
+            y_in
+            if r.sample_rate == INPUT_RATE
+            else librosa.resample(y_in, orig_sr=INPUT_RATE, target_sr=r.sample_rate, res_type="soxr_hq")
+        )
+        y = y[: r.window_samples]
+        mel = librosa.feature.melspectrogram(
+            y=y,
+            sr=r.sample_rate,
+            n_fft=r.n_fft,
+            hop_length=r.hop_length,
+            win_length=r.win_length,
+            window=r.window,
+            center=False,
+            n_mels=r.n_mels,
+            fmin=r.fmin,
+            fmax=r.fmax,
+            htk=r.htk,
+            norm=r.norm,
+            power=r.power,
+        )
+        if r.log == "log10_1p":
+            logmel = np.log10(r.log_scale * mel + 1.0)
+        else:
+            logmel = librosa.power_to_db(mel, ref=r.ref, amin=r.amin, top_db=r.top_db)
+        x = window_input(logmel.astype(np.float32), r)
+        model.predict(x[None])
+
+    one()
+    n, started, cpu0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds:
+        one()
+        n += 1
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    # A live stream needs one window per hop of audio: windows/s x hop_s = audio-seconds/s.
+    return {
+        "windows": n,
+        "windows_per_s": round(n / wall, 1),
+        "windows_per_cpu_s": round(n / cpu, 1),
+        "hop_s": round(hop_s, 4),
+        "audio_s_per_s_per_core": round(n / cpu * hop_s, 1),
+    }
+
+
+# -- end to end --------------------------------------------------------------------------------
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError):
+        return 0.0
+
+
+def _producer_main(
+    bootstrap: str, topic: str, streams: int, duration_s: float, chunk_s: float, start_at: float, report: Any
+) -> None:
+    """Separate process: S streams of s16le chunks, each sent when its audio is complete."""
+    from kafka import KafkaProducer
+
+    from streamgenre.ingest import encode_pcm
+    from streamgenre.wire import chunk_headers
+
+    chunk_n = round(chunk_s * INPUT_RATE)
+    chunk_ms = 1000.0 * chunk_n / INPUT_RATE
+    payloads = []
+    for v in range(N_VOICES):
+        y = voice(v)
+        payloads.append(
+            [encode_pcm(y[k * chunk_n : (k + 1) * chunk_n, None], "s16le") for k in range(y.size // chunk_n)]
+        )
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, batch_size=1 << 20, max_request_size=8 << 20, acks=1
+    )
+    epoch0 = int(time.time() * 1000)
+    n_chunks = int(duration_s / chunk_s)
+    # Streams are spread evenly over one chunk period, like independent live sources.
+    offsets = [(i / streams) * chunk_s for i in range(streams)]
+    late_max = 0.0
+    sent = 0
+    for k in range(n_chunks):
+        for i in range(streams):
+            due = start_at + (k + 1) * chunk_s + offsets[i]
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                late_max = max(late_max, -delay)
+            ts = epoch0 + round(1000 * offsets[i]) + round(k * chunk_ms)
+            voice_chunks = payloads[i % N_VOICES]
+            headers = chunk_headers("audio/pcm;format=s16le", k, ts, INPUT_RATE, 1)
+            producer.send(
+                topic,
+                key=f"bench-{i:05d}".encode(),
+                value=voice_chunks[k % len(voice_chunks)],
+                headers=headers,
+            )
+            sent += 1
+    producer.flush()
+    producer.close()
+    report.put(
+        {
+            "sent": sent,
+            "late_max_s": round(late_max, 3),
+            "epoch0_ms": epoch0,
+            "offsets_ms": [round(1000 * o) for o in offsets],
+            "chunk_ms": chunk_ms,
+        }
+    )
+
+
+@dataclass
+class E2EConfig:
+    streams: int
+    seconds: float
+    chunk_s: float = 0.5
+    workers: int = 2
+    warmup_s: float = 8.0
+    partitions: int = 8
+    max_batch: int = 64
+    max_wait_ms: float = 20.0
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    a = np.asarray(values)
+    return {
+        "p50": round(float(np.percentile(a, 50)), 1),
+        "p99": round(float(np.percentile(a, 99)), 1),
+        "max": round(float(a.max()), 1),
+    }
+
+
+def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
+    """Broker + ``cfg.workers`` daemon processes + real-time producer + output consumer."""
+    import redis
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streamgenre.devbroker import DevBroker, ensure_topics, free_port
+    from streamgenre.model import load_spec
+
+    spec = load_spec(model_path)
+    hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
+    run = uuid.uuid4().hex[:8]
+    redis_ok = False
+    with contextlib.suppress(Exception):
+        redis_ok = bool(redis.Redis.from_url(cfg.redis_url, socket_timeout=1).ping())
+    tmp = Path(tempfile.mkdtemp(prefix="sgbench-"))
+    with DevBroker(log_path=tmp / "tansu.log") as broker:
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap,
+            group_id=f"bench-{run}",
+            input_topic=f"bench-in-{run}",
+            output_topic=f"bench-out-{run}",
+            events_topic=f"bench-ev-{run}",
+            dlq_topic=f"bench-dlq-{run}",
+            model_path=model_path,
+        )
+        ensure_topics(settings, partitions=cfg.partitions)
+        base_port = free_port()
+        env = {
+            **os.environ,
+            "STREAMGENRE_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "STREAMGENRE_GROUP_ID": settings.group_id,
+            "STREAMGENRE_INPUT_TOPIC": settings.input_topic,
+            "STREAMGENRE_OUTPUT_TOPIC": settings.output_topic,
+            "STREAMGENRE_EVENTS_TOPIC": settings.events_topic,
+            "STREAMGENRE_DLQ_TOPIC": settings.dlq_topic,
+            "STREAMGENRE_MODEL_PATH": str(model_path),
+            "STREAMGENRE_REDIS_URL": cfg.redis_url if redis_ok else "redis://127.0.0.1:1/0",
+            "STREAMGENRE_REDIS_PREFIX": f"sgbench-{run}",
+            "STREAMGENRE_METRICS_HOST": "127.0.0.1",
+            "STREAMGENRE_MAX_BATCH": str(cfg.max_batch),
+            "STREAMGENRE_MAX_WAIT_MS": str(cfg.max_wait_ms),
+            "STREAMGENRE_LOG_LEVEL": "WARNING",
+        }
+        daemons = []
+        for w in range(cfg.workers):
+            env_w = {**env, "STREAMGENRE_METRICS_PORT": str(base_port + w)}
+            log = open(tmp / f"daemon-{w}.log", "wb")  # noqa: SIM115
+            daemons.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "streamgenre.cli", "run"],
+                    env=env_w,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        consumer = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
+        parts = [TopicPartition(settings.output_topic, p) for p in range(cfg.partitions)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        # Wait until every worker has joined: a probe stream must come out the other end.
+        _wait_group_ready(daemons, tmp, cfg.workers, base_port)
+        idle_rss = sum(_rss_bytes(d.pid) for d in daemons)
+        ctx = multiprocessing.get_context("spawn")
+        report = ctx.Queue()
+        start_at = time.time() + 1.0
+        duration = cfg.warmup_s + cfg.seconds
+        producer = ctx.Process(
+            target=_producer_main,
+            args=(
+                broker.bootstrap,
+                settings.input_topic,
+                cfg.streams,
+                duration,
+                cfg.chunk_s,
+                start_at,
+                report,
+            ),
+        )
+        producer.start()
+        cpu0 = sum(_cpu_seconds(d.pid) for d in daemons)
+        received: list[tuple[float, int, float, int, int]] = []  # recv wall, ts, latency_ms, rec ts, seq
+        stream_ids: list[str] = []
+        deadline = start_at + duration + 15.0
+        rss_peak = 0
+        measure_from, measure_to = start_at + cfg.warmup_s, start_at + duration
+        cpu_mark: dict[str, float] = {}
+        while time.time() < deadline:
+            for batch in consumer.poll(timeout_ms=100, max_records=5000).values():
+                now = time.time()
+                for m in batch:
+                    p = json.loads(m.value)
+                    received.append((now, p["ts"], p["latency_ms"], m.timestamp, p["window_seq"]))
+                    stream_ids.append(p["stream_id"])
+            now = time.time()
+            if "start" not in cpu_mark and now >= measure_from:
+                cpu_mark["start"] = sum(_cpu_seconds(d.pid) for d in daemons)
+            if "end" not in cpu_mark and now >= measure_to:
+                cpu_mark["end"] = sum(_cpu_seconds(d.pid) for d in daemons)
+                rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
+            if now > measure_to + 2.0 and not producer.is_alive():
+                expected_total = _expected_windows(cfg, hop_s, spec)
+                if len(received) >= expected_total:
+                    break
+            if now < measure_to and int(now * 2) % 4 == 0:
+                rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
+        producer.join(30)
+        prod = (
+            report.get(timeout=10)
+            if not report.empty()
+            else {"sent": 0, "late_max_s": None, "offsets_ms": [], "chunk_ms": 1000 * cfg.chunk_s}
+        )
+        cpu1 = sum(_cpu_seconds(d.pid) for d in daemons)
+        for d in daemons:
+            d.terminate()
+        for d in daemons:
+            try:
+                d.wait(15)
+            except subprocess.TimeoutExpired:
+                d.kill()
+        consumer.close()
+    if redis_ok:
+        client = redis.Redis.from_url(cfg.redis_url)
+        for key in client.scan_iter(f"sgbench-{run}:*", count=1000):
+            client.delete(key)
+    return _e2e_summary(
+        cfg,
+        hop_s,
+        received,
+        stream_ids,
+        prod,
+        idle_rss,
+        rss_peak,
+        cpu_mark,
+        cpu1 - cpu0,
+        measure_from,
+        measure_to,
+        redis_ok,
+    )
+
+
+def _expected_windows(cfg: E2EConfig, hop_s: float, spec: Any) -> int:
+    duration = cfg.warmup_s + cfg.seconds
+    n_chunks = int(duration / cfg.chunk_s)
+    audio = n_chunks * round(cfg.chunk_s * INPUT_RATE) / INPUT_RATE
+    per_stream = max(0, int((audio - spec.window_s) / hop_s))  # a lower bound (grid alignment varies)
+    return cfg.streams * per_stream
+
+
+def _wait_group_ready(
+    daemons: list[subprocess.Popen], tmp: Path, workers: int, base_port: int, timeout_s: float = 90.0
+) -> None:
+    """Every worker serves /readyz and the group has settled (a join takes a few seconds)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    for w in range(workers):
+        while True:
+            if daemons[w].poll() is not None:
+                raise RuntimeError(f"daemon {w} exited: {(tmp / f'daemon-{w}.log').read_text()[-2000:]}")
+            with contextlib.suppress(Exception):
+                if (
+                    urllib.request.urlopen(f"http://127.0.0.1:{base_port + w}/readyz", timeout=1).status
+                    == 200
+                ):
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("daemons not ready")
+            time.sleep(0.2)
+    time.sleep(6.0)  # group rebalance after the last join (session 6 s, heartbeat 1 s)
+
+
+def _e2e_summary(
+    cfg: E2EConfig,
+    hop_s: float,
+    received: list,
+    stream_ids: list[str],
+    prod: dict,
+    idle_rss: int,
+    rss_peak: int,
+    cpu_mark: dict,
+    cpu_total: float,
+    measure_from: float,
+    measure_to: float,
+    redis_ok: bool,
+) -> dict[str, Any]:
+    chunk_ms = prod.get("chunk_ms", 1000 * cfg.chunk_s)
+    offsets = prod.get("offsets_ms", [])
+    epoch0 = prod.get("epoch0_ms", 0)
+    window_lat: list[float] = []
+    chunk_lat: list[float] = []
+    in_window = 0
+    for (recv, ts_end, latency_ms, rec_ts, _seq), sid in zip(received, stream_ids, strict=True):
+        if not measure_from <= recv <= measure_to + 2.0:
+            continue
+        in_window += 1 if recv <= measure_to else 0
+        window_lat.append(latency_ms)
+        if offsets:
+            i = int(sid.rsplit("-", 1)[1])
+            base = epoch0 + offsets[i]
+            # The chunk holding the window's last sample (sample ts_end - 1 ms).
+            k = int((ts_end - 1 - base) // chunk_ms)
+            chunk_ts = base + round(k * chunk_ms)
+            chunk_lat.append(rec_ts - chunk_ts)
+    span = measure_to - measure_from
+    offered = cfg.streams  # audio-seconds per wall-second offered by the producer
+    processed = in_window * hop_s / span
+    w = _percentiles(window_lat)
+    c = _percentiles(chunk_lat)
+    cpu_span = cpu_mark.get("end", 0) - cpu_mark.get("start", 0)
+    # Real time: the daemon keeps up (≥ 95% of offered audio within the span) and does not
+    # build a backlog (chunk → published stays within a couple of chunk lengths + 1 s).
+    keeps_up = processed >= 0.95 * offered and (c["p99"] or 1e9) <= 2 * chunk_ms + 1000
+    return {
+        "streams": cfg.streams,
+        "workers": cfg.workers,
+        "chunk_s": cfg.chunk_s,
+        "seconds": cfg.seconds,
+        "redis": redis_ok,
+        "max_batch": cfg.max_batch,
+        "max_wait_ms": cfg.max_wait_ms,
+        "offered_audio_s_per_s": offered,
+        "audio_s_per_s": round(processed, 1),
+        "windows": in_window,
+        "window_to_publish_ms": w,
+        "chunk_ts_to_publish_ms": c,
+        "daemon_cpu_s_per_s": round(cpu_span / span, 2) if cpu_span else None,
+        "daemon_cpu_s_total": round(cpu_total, 1),
+        "rss_idle_mb": round(idle_rss / 2**20, 1),
+        "rss_peak_mb": round(rss_peak / 2**20, 1),
+        "rss_bytes_per_stream": round((rss_peak - idle_rss) / max(1, cfg.streams)),
+        "producer_sent": prod.get("sent"),
+        "producer_late_max_s": prod.get("late_max_s"),
+        "real_time": bool(keeps_up),
+        "p99_window_ok": (w["p99"] or 1e9) <= 100.0,
+    }
+
+
+def sweep(model_path: Path, base: E2EConfig, start: int, limit: int, verbose: bool = True) -> dict[str, Any]:
+    """Largest S sustained in real time with p99 window → publish ≤ 100 ms (doubling, then bisection)."""
+    tried: list[dict[str, Any]] = []
+
+    def ok(s: int) -> bool:
+        r = measure_e2e(model_path, E2EConfig(**{**base.__dict__, "streams": s}))
+        tried.append(r)
+        if verbose:
+            print(
+                f"  sweep S={s}: {r['audio_s_per_s']} audio-s/s, "
+                f"window p99 {r['window_to_publish_ms']['p99']} ms,"
+                f" chunk p99 {r['chunk_ts_to_publish_ms']['p99']} ms -> "
+                f"{'ok' if r['real_time'] and r['p99_window_ok'] else 'no'}",
+                flush=True,
+            )
+        return r["real_time"] and r["p99_window_ok"]
+
+    good, bad = 0, None
+    s = start
+    while s <= limit:
+        if ok(s):
+            good, s = s, s * 2
+        else:
+            bad = s
+            break
+    if bad is not None:
+        while bad - good > max(16, good // 8):
+            mid = (good + bad) // 2
+            if ok(mid):
+                good = mid
+            else:
+                bad = mid
+    return {"max_streams": good, "first_failure": bad, "runs": tried}
+
+
+# -- report ------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "loadavg": os.getloadavg(),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        "| model | ceiling audio-s/s | e2e audio-s/s (offered) | e2e/ceiling | baseline audio-s/s/core "
+        "| ours/baseline | window→pub p50/p99 ms | chunk ts→pub p50/p99 ms | RSS MB | state B/stream "
+        "| max S (sweep) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["models"].items():
+        c, e, b = r.get("ceiling", {}), r.get("e2e", {}), r.get("baseline", {})
+        w, ch = e.get("window_to_publish_ms", {}), e.get("chunk_ts_to_publish_ms", {})
+        rows.append(
+            f"| {name} | {c.get('audio_s_per_s', '-')} | {e.get('audio_s_per_s', '-')} "
+            f"({e.get('offered_audio_s_per_s', '-')}) | {r.get('e2e_over_ceiling', '-')} "
+            f"| {b.get('audio_s_per_s_per_core', '-')} | {r.get('ours_over_baseline', '-')} "
+            f"| {w.get('p50', '-')}/{w.get('p99', '-')} | {ch.get('p50', '-')}/{ch.get('p99', '-')} "
+            f"| {e.get('rss_peak_mb', '-')} | {c.get('state_bytes_per_stream', '-')} "
+            f"| {r.get('sweep', {}).get('max_streams', '-')} |"
+        )
+    return "\n".join(rows)
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="sgbench-model-"))
+    shipped = Path(args.model_path) if args.model_path else SHIPPED_MODEL
+    paths = model_paths(args.model, workdir, shipped)
+    results: dict[str, Any] = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "streamgenre bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
+        "machine": machine_info(),
+        "options": {k: v for k, v in vars(args).items() if k != "handler"},
+        "models": {},
+    }
+    for name, path in paths.items():
+        streams = args.streams
+        r: dict[str, Any] = {"path": str(path)}
+        print(
+            f"[{name}] ceiling, {args.ceiling_streams or streams} streams x {args.ceiling_seconds} s ...",
+            flush=True,
+        )
+        r["ceiling"] = measure_ceiling(
+            path,
+            args.ceiling_streams or streams,
+            args.ceiling_seconds,
+            args.chunk_s,
+            args.workers,
+            args.max_batch,
+        )
+        print(f"[{name}] baseline ...", flush=True)
+        r["baseline"] = measure_baseline(path, args.baseline_seconds)
+        base = E2EConfig(
+            streams=streams,
+            seconds=args.seconds,
+            chunk_s=args.chunk_s,
+            workers=args.workers,
+            warmup_s=args.warmup,
+            partitions=args.partitions,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+        )
+        if not args.no_e2e:
+            print(f"[{name}] end to end, {streams} streams x {args.seconds} s ...", flush=True)
+            r["e2e"] = measure_e2e(path, base)
+            r["e2e_over_ceiling"] = round(r["e2e"]["audio_s_per_s"] / r["ceiling"]["audio_s_per_s"], 3)
+        # Both per box: ours = the ceiling (all workers), baseline = its one-core rate x workers.
+        box_baseline = r["baseline"]["audio_s_per_s_per_core"] * min(args.workers, os.cpu_count() or 1)
+        r["ours_over_baseline"] = round(r["ceiling"]["audio_s_per_s"] / box_baseline, 1)
+        if args.sweep:
+            print(f"[{name}] sweep ...", flush=True)
+            r["sweep"] = sweep(path, base, args.sweep_start, args.sweep_limit)
+        results["models"][name] = r
+    return results
+
+
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    if args.quick:
+        args.streams, args.seconds, args.warmup = min(args.streams, 4), 3.0, 4.0
+        args.ceiling_streams, args.ceiling_seconds, args.baseline_seconds = 4, 4.0, 0.3
+        args.workers = 1
+    results = run_bench(args)
+    out_dir = Path(args.out) if args.out else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{args.model}.json"
+    results["table"] = table(results)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(results["table"])
+    print(f"written {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench", help="benchmark: compute ceiling, end to end on the real broker, paper baseline"
+    )
+    bench.add_argument("--model", choices=["cnn", "shipped", "both"], default="both")
+    bench.add_argument("--model-path", default=None, help="shipped model (default: model/genre_cnn.onnx)")
+    bench.add_argument("--streams", type=int, default=500, help="concurrent streams of the end-to-end run")
+    bench.add_argument("--seconds", type=float, default=30.0, help="measured seconds of the end-to-end run")
+    bench.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring (first windows)")
+    bench.add_argument("--chunk-s", type=float, default=0.5, help="seconds of audio per chunk")
+    bench.add_argument("--workers", type=int, default=2, help="daemon processes in one consumer group")
+    bench.add_argument("--partitions", type=int, default=8)
+    bench.add_argument("--max-batch", type=int, default=64)
+    bench.add_argument("--max-wait-ms", type=float, default=20.0)
+    bench.add_argument("--ceiling-streams", type=int, default=None, help="default: --streams")
+    bench.add_argument("--ceiling-seconds", type=float, default=10.0, help="audio seconds per stream")
+    bench.add_argument("--baseline-seconds", type=float, default=5.0)
+    bench.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run")
+    bench.add_argument("--sweep", action="store_true", help="search the largest real-time S")
+    bench.add_argument("--sweep-start", type=int, default=125)
+    bench.add_argument("--sweep-limit", type=int, default=4000)
+    bench.add_argument("--quick", action="store_true", help="tiny settings for the CI smoke test")
+    bench.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
+    bench.set_defaults(handler=_cmd_bench)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from streamgenre.cli import main
+
+    sys.exit(main(["bench", *sys.argv[1:]]))

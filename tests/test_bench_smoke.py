@@ -1,0 +1,57 @@
+"""CI smoke of ``streamgenre bench``: the harness runs on tiny settings and writes valid JSON.
+
+No timing assertions: timings on a shared CI machine mean nothing; the figures live in
+``docs/PERFORMANCE.md`` and ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streamgenre import bench
+from streamgenre.cli import main
+
+
+def test_bench_quick_without_e2e_writes_json(
+    tmp_path: Path, test_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The test model stands in for the shipped one; the random paper CNN is built with torch.
+    rc = main(
+        [
+            "bench",
+            "--quick",
+            "--model",
+            "both",
+            "--model-path",
+            str(test_model),
+            "--no-e2e",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    [path] = tmp_path.glob("bench-*.json")
+    result = json.loads(path.read_text())
+    assert set(result["models"]) == {"cnn", "shipped"}
+    for r in result["models"].values():
+        assert r["ceiling"]["audio_s_per_s"] > 0 and r["ceiling"]["windows"] > 0
+        assert r["ceiling"]["state_bytes_per_stream"] > 0
+        assert r["baseline"]["windows"] > 0
+        assert r["ours_over_baseline"] > 0
+    assert result["machine"]["nproc"] >= 1
+    assert "| cnn |" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_bench_e2e_tiny_on_real_broker(test_model: Path) -> None:
+    cfg = bench.E2EConfig(streams=3, seconds=2.0, chunk_s=0.5, workers=1, warmup_s=3.0, partitions=2)
+    r = bench.measure_e2e(test_model, cfg)
+    assert r["producer_sent"] == 3 * 10
+    assert r["windows"] > 0
+    assert r["window_to_publish_ms"]["p99"] is not None
+    assert r["chunk_ts_to_publish_ms"]["p50"] is not None
+    assert r["rss_peak_mb"] > 0
+    json.dumps(r)  # serialisable
