@@ -128,7 +128,6 @@ class RedisSink:
             settings.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
         )
         self.up = True
-        self._retry_after = 0.0
 
     def key(self, stream_id: str, kind: str) -> str:
         return f"{self.prefix}:{stream_id}:{kind}"
@@ -136,13 +135,14 @@ class RedisSink:
     def write(self, timeline: list[tuple[str, bytes]], latest: dict[str, bytes]) -> bool:
         """Append predictions to timelines and set latest values; False if skipped (Redis down).
 
-        While Redis is down we try once per ``retry_s`` instead of on every batch, so an outage
-        costs the hot path one failed connection attempt per interval, not one per batch.
+        A failing write is retried for ``retry_s``, then Redis is marked down. While it is down,
+        writes are skipped at once: this runs on the worker thread, and a Redis that hangs
+        instead of refusing would otherwise cost a socket timeout per batch. Recovery is noticed
+        by :meth:`ping`, which the daemon's poll thread calls every couple of seconds.
         """
-        now = time.monotonic()
-        if not self.up and now < self._retry_after:
+        if not self.up:
             return False
-        deadline = now + (self.retry_s if self.up else 0.0)
+        deadline = time.monotonic() + self.retry_s
         while True:
             try:
                 pipe = self.client.pipeline(transaction=False)
@@ -151,24 +151,22 @@ class RedisSink:
                 for stream_id, value in latest.items():
                     pipe.set(self.key(stream_id, "latest"), value, ex=self.ttl_s)
                 pipe.execute()
-                if not self.up:
-                    log.info("redis is back")
-                self.up = True
                 return True
             except redis.RedisError as exc:
                 if time.monotonic() >= deadline:
-                    if self.up:
-                        log.warning("redis down, skipping its writes until it answers: %s", exc)
+                    log.warning("redis down, skipping its writes until it answers: %s", exc)
                     self.up = False
-                    self._retry_after = time.monotonic() + self.retry_s
                     return False
                 time.sleep(0.1)
 
     def ping(self) -> bool:
+        was_up = self.up
         try:
             self.up = bool(self.client.ping())
         except redis.RedisError:
             self.up = False
+        if self.up and not was_up:
+            log.info("redis is back")
         return self.up
 
     def close(self) -> None:
