@@ -143,7 +143,7 @@ class Daemon:
                 log.warning("broker %s unreachable (%s); retrying in %.1fs",
                             self.settings.bootstrap_servers, exc, delay)
                 if self.should_exit.wait(delay):
-                    raise SystemExit(1) from exc
+                    raise SystemExit(0) from exc  # asked to stop before we ever connected: a clean exit
                 delay = min(delay * 2, self.settings.broker_retry_max_s)
 
     def main_loop(self) -> None:
@@ -232,10 +232,12 @@ class Daemon:
             self.metrics.consumer_lag.labels(self.settings.input_topic, str(partition)).set(lag)
 
     def _barrier(self, drop: set[int], timeout_s: float) -> _Barrier:
+        """Queue a barrier and wait for the worker to pass it; ``timeout_s`` bounds both steps together."""
         barrier = _Barrier(drop)
+        deadline = time.monotonic() + timeout_s
         try:
             self._queue.put(barrier, timeout=timeout_s)
-            barrier.done.wait(timeout_s)
+            barrier.done.wait(max(0.0, deadline - time.monotonic()))
         except queue.Full:
             log.error("worker did not take the barrier within %.1fs", timeout_s)
         return barrier
