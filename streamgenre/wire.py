@@ -138,6 +138,10 @@ def _decode_pcm(payload: bytes, headers: ChunkHeaders) -> np.ndarray:
         raise BadInput(Reason.TRUNCATED_PCM, f"{len(payload)} bytes is not a whole number of {frame_bytes}-byte frames")
     # Zero-copy view of the payload; the downmix below makes the one copy we need anyway.
     samples = np.frombuffer(payload, dtype=dtype).reshape(-1, headers.channels)
+    if headers.channels == 1:
+        # Mono (most live streams): skip the reduction, same values (the mean of one sample is it).
+        mono = samples[:, 0].astype(np.float32)
+        return mono / np.float32(32768.0) if dtype.kind == "i" else mono
     if dtype.kind == "i":
         return samples.mean(axis=1, dtype=np.float32) / np.float32(32768.0)
     return samples.mean(axis=1, dtype=np.float32)
