@@ -41,6 +41,19 @@ lint: $(VENV)/.test-installed
 train: $(VENV)/.test-installed
 	$(PY) -m training.train --data ../shared/data/gtzan --protocol filtered random --out build/paper_cnn --threads 2 --time-budget-min 20
 
+# Re-create the shipped model: musicnn's TF1 taggers → ONNX + genre head (TensorFlow lives only in
+# this separate virtualenv; the daemon and the tests never need it).
+CONVERT_VENV := .venv-convert
+$(CONVERT_VENV)/.installed:
+	$(PYTHON) -m venv $(CONVERT_VENV)
+	$(CONVERT_VENV)/bin/python -m pip install --quiet tensorflow-cpu tf-keras tf2onnx onnx onnxruntime librosa soxr \
+		numpy soundfile scikit-learn matplotlib tqdm pydantic pydantic-settings pytest
+	$(CONVERT_VENV)/bin/python -m pip install --quiet --no-deps musicnn==0.1.0
+	touch $@
+
+model: $(CONVERT_VENV)/.installed
+	TF_USE_LEGACY_KERAS=1 PYTHONPATH=. $(CONVERT_VENV)/bin/python -m training.convert_musicnn
+
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/streamgenre bench
 

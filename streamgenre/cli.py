@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="broker + Redis + daemon + audio + live timeline, all local")
     demo.add_argument("files", nargs="*", help="audio files (default: GTZAN clips if present, else tones)")
-    demo.add_argument("--speed", type=float, default=2.0, help="x real time")
+    demo.add_argument("--speed", type=float, default=1.0, help="x real time")
     demo.add_argument("--max-streams", type=int, default=10)
     demo.set_defaults(handler=_cmd_demo)
 
