@@ -49,16 +49,21 @@ def redis_prefix() -> Iterator[str]:
         client.delete(key)
 
 
+def isolated_settings(bootstrap: str, model_path: Path, redis_prefix: str, **overrides: object) -> Settings:
+    """Settings with fresh topic names, group and metrics port, so tests never see each other's data."""
+    run = uuid.uuid4().hex[:8]
+    fields: dict[str, object] = {
+        "bootstrap_servers": bootstrap, "group_id": f"g-{run}", "input_topic": f"in-{run}",
+        "output_topic": f"out-{run}", "events_topic": f"ev-{run}", "dlq_topic": f"dlq-{run}",
+        "redis_url": REDIS_URL, "redis_prefix": redis_prefix, "model_path": model_path,
+        "metrics_host": "127.0.0.1", "metrics_port": free_port(),
+    }
+    return Settings(**{**fields, **overrides})
+
+
 @pytest.fixture
 def settings(broker: DevBroker, test_model: Path, redis_prefix: str) -> Settings:
-    """Settings with fresh topic names and group, so tests never see each other's data."""
-    run = uuid.uuid4().hex[:8]
-    configured = Settings(
-        bootstrap_servers=broker.bootstrap, group_id=f"g-{run}", input_topic=f"in-{run}",
-        output_topic=f"out-{run}", events_topic=f"ev-{run}", dlq_topic=f"dlq-{run}",
-        redis_url=REDIS_URL, redis_prefix=redis_prefix, model_path=test_model,
-        metrics_host="127.0.0.1", metrics_port=free_port(), change_min_s=2.0,
-    )
+    configured = isolated_settings(broker.bootstrap, test_model, redis_prefix, change_min_s=2.0)
     ensure_topics(configured, partitions=4)
     return configured
 

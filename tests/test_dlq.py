@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from streamgenre.config import Settings
-from streamgenre.devbroker import DevBroker, ensure_topics, free_port
+from streamgenre.devbroker import DevBroker, ensure_topics
 from streamgenre.wire import Reason, chunk_headers
-from tests.conftest import REDIS_URL, running_daemon
+from tests.conftest import isolated_settings, running_daemon
 from tests.faults_harness import TopicReader, make_streams, wait_all_windows
 from tests.faults_hostile import BOMBS, MAX_BYTES, wav_claiming
 
@@ -75,21 +74,8 @@ CASES: dict[str, tuple[Reason, bytes | None, bytes, list[tuple[str, bytes]]]] = 
 @pytest.fixture(scope="module")
 def dead_letters(broker: DevBroker, test_model: Path) -> Iterator[tuple[dict[str, object], dict[str, float]]]:
     """Run one daemon over every case; yield (reason -> DLQ message, reason -> counter value)."""
-    run = uuid.uuid4().hex[:8]
-    settings = Settings(
-        bootstrap_servers=broker.bootstrap,
-        group_id=f"g-{run}",
-        input_topic=f"in-{run}",
-        output_topic=f"out-{run}",
-        events_topic=f"ev-{run}",
-        dlq_topic=f"dlq-{run}",
-        redis_url=REDIS_URL,
-        redis_prefix=f"sgtest-{run}",
-        model_path=test_model,
-        metrics_host="127.0.0.1",
-        metrics_port=free_port(),
-        max_message_bytes=MAX_BYTES,
-    )
+    settings = isolated_settings(broker.bootstrap, test_model, f"sgtest-{uuid.uuid4().hex[:8]}",
+                                 max_message_bytes=MAX_BYTES)
     ensure_topics(settings, partitions=4)
     good = make_streams(test_model, 1, 3.0, prefix="dlqgood", rates=(16000,), max_channels=1)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=1 << 24)

@@ -26,7 +26,7 @@ from streamgenre.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.model import GenreModel
 from streamgenre.sinks import KafkaSink, OutMessage
 from streamgenre.source import BOOTSTRAP_TIMEOUT_MS, ChunkSource
-from tests.conftest import running_daemon
+from tests.conftest import isolated_settings, running_daemon
 from tests.faults_harness import (
     DaemonProcess,
     MotoServer,
@@ -216,18 +216,7 @@ def test_broker_restart_with_s3_storage_loses_nothing(
     """tansu on S3 (moto) restarted mid-run: readiness drops, the daemon rides through and resumes."""
     moto = MotoServer(tmp_path / "moto.log").start()
     broker = DevBroker(storage="s3://tansu/", env=moto.env, log_path=tmp_path / "tansu.log").start()
-    settings = Settings(
-        bootstrap_servers=broker.bootstrap,
-        group_id="g-restart",
-        input_topic="in",
-        output_topic="out",
-        events_topic="ev",
-        dlq_topic="dlq",
-        redis_prefix=redis_prefix,
-        model_path=test_model,
-        metrics_host="127.0.0.1",
-        metrics_port=free_port(),
-    )
+    settings = isolated_settings(broker.bootstrap, test_model, redis_prefix)
     ensure_topics(settings, partitions=4)
     streams = make_streams(test_model, 8, 6.0, prefix="restart", seed=2)
     worker = DaemonProcess(settings, tmp_path / "worker.log").start()
@@ -388,19 +377,7 @@ def test_broker_down_at_startup_retries_then_consumes(
 ) -> None:
     """No broker at start: /readyz 503, no crash; the daemon consumes once the broker comes up."""
     port = free_port()
-    settings = Settings(
-        bootstrap_servers=f"127.0.0.1:{port}",
-        group_id="g-late",
-        input_topic="in",
-        output_topic="out",
-        events_topic="ev",
-        dlq_topic="dlq",
-        redis_prefix=redis_prefix,
-        model_path=test_model,
-        metrics_host="127.0.0.1",
-        metrics_port=free_port(),
-        broker_retry_max_s=2.0,
-    )
+    settings = isolated_settings(f"127.0.0.1:{port}", test_model, redis_prefix, broker_retry_max_s=2.0)
     worker = DaemonProcess(settings, tmp_path / "worker.log").start()
     broker = DevBroker(port=port, log_path=tmp_path / "tansu.log")
     streams = make_streams(test_model, 4, 3.0, prefix="late", seed=5)
