@@ -67,3 +67,10 @@ def test_ingest_publishes_chunks_with_seq_ts_and_eos(broker: DevBroker, settings
     assert headers[-1].get("eos") == b"1" and all("eos" not in h for h in headers[:-1])
     assert int(headers[1]["ts"]) - int(headers[0]["ts"]) == 250
     assert (headers[0]["sample-rate"], headers[0]["channels"]) == (b"44100", b"2")
+
+
+def test_the_daemon_never_imports_torch() -> None:
+    code = ("import sys, streamgenre.cli, streamgenre.daemon, streamgenre.similarity; "
+            "streamgenre.cli.build_parser(); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
