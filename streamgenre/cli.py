@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 import threading
 
@@ -63,6 +64,9 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     from streamgenre.devbroker import DevBroker
 
+    # tansu runs in its own session, so it would outlive us if SIGTERM killed this process
+    # outright; turning SIGTERM into SystemExit lets the finally block stop it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     broker = DevBroker(port=args.port, storage=args.storage).start()
     print(f"tansu broker listening on {broker.bootstrap} (storage {args.storage}); Ctrl-C stops it", flush=True)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,9 @@ def test_broker_command_prints_its_address() -> None:
         assert f"127.0.0.1:{port}" in process.stdout.readline()
     finally:
         process.terminate()
-        process.wait(10)
+        process.wait(30)  # the CLI waits up to 10 s for tansu to stop before killing it
+    with pytest.raises(OSError):  # SIGTERM stopped the broker too, not only the CLI
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
 @pytest.mark.integration
