@@ -97,7 +97,7 @@ def _ceiling_worker(
     out: Any,
 ) -> None:
     from streamgenre.daemon import limit_native_threads
-    from streamgenre.framing import Framer
+    from streamgenre.framing import Arrival, Framer
     from streamgenre.model import GenreModel
 
     limit_native_threads()  # as the daemon does
@@ -129,6 +129,8 @@ def _ceiling_worker(
     for batch in (1, max_batch):
         model.predict(np.zeros((batch, 1, model.recipe.n_mels, model.recipe.n_frames), np.float32))
     pending: list[np.ndarray] = []
+    step: list[Arrival] = []  # records per worker step, as the daemon takes them from its queue
+    step_records = Settings().step_max_records
     windows = 0
     infer_s = 0.0
     start_ms = 1_760_000_000_000 + seed * 7919
@@ -150,8 +152,12 @@ def _ceiling_worker(
                 samples=v[pos : pos + chunk_n],
                 sample_rate=INPUT_RATE,
             )
-            result = framer.push(chunk, 0, k, 0.0)
-            pending.extend(w.logmel for w in result.windows)
+            step.append(Arrival(chunk, 0, k, 0.0))
+            if len(step) < step_records and i < streams - 1:
+                continue
+            for result in framer.push_many(step):
+                pending.extend(w.logmel for w in result.windows)
+            step = []
             while len(pending) >= max_batch:
                 t0 = time.perf_counter()
                 model.predict(np.stack(pending[:max_batch]))
@@ -226,7 +232,7 @@ def measure_baseline(model_path: Path, seconds: float = 5.0) -> dict[str, Any]:
     import librosa
 
     from streamgenre.daemon import limit_native_threads
-    from streamgenre.features import window_input
+    from streamgenre.features import reference_window
     from streamgenre.model import GenreModel
 
     limit_native_threads()  # a fair baseline: the same BLAS setting as ours
@@ -243,27 +249,7 @@ def measure_baseline(model_path: Path, seconds: float = 5.0) -> dict[str, Any]:
             else librosa.resample(y_in, orig_sr=INPUT_RATE, target_sr=r.sample_rate, res_type="soxr_hq")
         )
         y = y[: r.window_samples]
-        mel = librosa.feature.melspectrogram(
-            y=y,
-            sr=r.sample_rate,
-            n_fft=r.n_fft,
-            hop_length=r.hop_length,
-            win_length=r.win_length,
-            window=r.window,
-            center=False,
-            n_mels=r.n_mels,
-            fmin=r.fmin,
-            fmax=r.fmax,
-            htk=r.htk,
-            norm=r.norm,
-            power=r.power,
-        )
-        if r.log == "log10_1p":
-            logmel = np.log10(r.log_scale * mel + 1.0)
-        else:
-            logmel = librosa.power_to_db(mel, ref=r.ref, amin=r.amin, top_db=r.top_db)
-        x = window_input(logmel.astype(np.float32), r)
-        model.predict(x[None])
+        model.predict(reference_window(y, r)[None, None])
 
     one()
     n, started, cpu0 = 0, time.perf_counter(), time.process_time()

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     hop_s: float | None = Field(None, description="Seconds between windows; default: the sidecar's hop_s.")
     max_batch: int = Field(64, description="Largest inference micro-batch.")
     max_wait_ms: float = Field(20.0, description="Longest a complete window waits for its batch to fill.")
+    step_max_records: int = Field(
+        64, ge=1, description="Records the worker takes from its queue per step; their audio shares one FFT/mel pass."
+    )
     queue_max_chunks: int = Field(2000, description="Bounded work queue; partitions pause when it is full.")
     ema_alpha: float = Field(0.3, description="Weight of the newest window in the smoothed probabilities.")
     change_min_s: float = Field(6.0, description="A new genre must lead this long before a change event.")

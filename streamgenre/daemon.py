@@ -267,18 +267,16 @@ class Daemon:
         next_eviction = time.monotonic() + HOUSEKEEPING_INTERVAL_S
         while not self._worker_stop.is_set():
             wait = pipeline.batcher.seconds_until_due(time.monotonic())
-            try:
-                item = self._queue.get(timeout=0.05 if wait is None else min(wait, 0.05))
-            except queue.Empty:
-                item = None
-            if isinstance(item, _Item) and item.generation == self._generation:
-                pipeline.process(item.record)
-            elif isinstance(item, _Barrier):
-                item.ok, item.offsets = self._checkpoint()
-                pipeline.drop_partitions(item.drop)
-                item.done.set()
+            records, barrier = self._take_step(timeout_s=0.05 if wait is None else min(wait, 0.05))
+            if records:
+                pipeline.process(records)
+            if barrier is not None:
+                barrier.ok, barrier.offsets = self._checkpoint()
+                pipeline.drop_partitions(barrier.drop)
+                barrier.done.set()
             now = time.monotonic()
-            if pipeline.batch_due(now) or (item is None and len(pipeline.batcher)):
+            idle = not records and barrier is None
+            if pipeline.batch_due(now) or (idle and len(pipeline.batcher)):
                 pipeline.run_batch()
             if now >= next_checkpoint:
                 ok, offsets = self._checkpoint()
@@ -289,6 +287,28 @@ class Daemon:
             if now >= next_eviction:
                 pipeline.evict_idle(now)
                 next_eviction = now + HOUSEKEEPING_INTERVAL_S
+
+    def _take_step(self, timeout_s: float) -> tuple[list[Record], _Barrier | None]:
+        """Up to ``step_max_records`` queued records of the current generation, and the barrier
+        that ended the step if one did (the records before it are processed first).
+
+        Waits up to ``timeout_s`` for the first item only: a step never waits for company, it
+        takes what has already arrived.
+        """
+        records: list[Record] = []
+        try:
+            item = self._queue.get(timeout=timeout_s)
+            while True:
+                if isinstance(item, _Barrier):
+                    return records, item
+                if item.generation == self._generation:
+                    records.append(item.record)
+                if len(records) >= self.settings.step_max_records:
+                    break
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        return records, None
 
     def _checkpoint(self) -> tuple[bool, dict[int, int]]:
         try:

@@ -4,10 +4,13 @@ For each stream we keep a resampler, the incremental log-mel front end and a buf
 frames not yet fully used, so the frames that consecutive windows share are computed once.
 
 Windows sit on an absolute grid: window ``k`` covers model-rate samples
-``[k * hop, k * hop + L)`` of the producer's clock (``ts`` header, epoch based). That is what
-makes ``window_seq = k`` stable across a restart: after a replay from the committed offset the
-same audio lands on the same grid, so consumers can drop duplicates by
-``(stream_id, window_seq)``. Within a segment, position is counted in samples (``ts`` is only
+``[k * hop + phase, k * hop + phase + L)`` of the producer's clock (``ts`` header, epoch based),
+where ``phase`` is a hash of the stream id (:func:`grid_phase`). That is what makes
+``window_seq = k`` stable across a restart: after a replay from the committed offset the same
+audio lands on the same grid, so consumers can drop duplicates by ``(stream_id, window_seq)``.
+The per-stream phase spreads the instants at which windows complete evenly over a hop; with one
+shared grid every live stream would complete a window within the same chunk period, and the
+batch that follows would be the latency of all of them. Within a segment, position is counted in samples (``ts`` is only
 millisecond-precise); a ``seq`` gap or a ``ts`` that disagrees with the audio received so far
 starts a new segment rather than gluing unrelated audio into one window.
 
@@ -19,12 +22,15 @@ from __future__ import annotations
 
 import collections
 import math
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import soxr
 
-from streamgenre.features import FeatureRecipe, StreamingLogMel, window_input
+from streamgenre.features import FeatureRecipe, StreamingLogMel, compress, frames_to_mel, window_input
 from streamgenre.wire import Chunk
 
 
@@ -40,6 +46,20 @@ class Window:
     t_end: float
     completed_at: float
     chunk_ts_ms: int
+
+
+def grid_phase(stream_id: str, hop_samples: int) -> int:
+    """Offset of a stream's window grid within one hop, in model-rate samples (stable: CRC-32 of the id)."""
+    return zlib.crc32(stream_id.encode()) % hop_samples
+
+
+class Arrival(NamedTuple):
+    """A decoded chunk and where it came from, as :meth:`Framer.push_many` takes it."""
+
+    chunk: Chunk
+    partition: int
+    offset: int
+    received_at: float
 
 
 @dataclass
@@ -70,11 +90,12 @@ class StreamState:
         self.last_seq = seq - 1
         self.input_samples = 0
         self.last_activity = 0.0
+        self.phase = grid_phase(stream_id, self.hop_samples)
         anchor = round(anchor_ms * recipe.sample_rate / 1000)
         self.anchor_sample = anchor
-        self.next_window = math.ceil(anchor / self.hop_samples)
+        self.next_window = math.ceil((anchor - self.phase) / self.hop_samples)
         # Samples between the segment start and the first grid point never make a window.
-        self._skip = self.next_window * self.hop_samples - anchor
+        self._skip = self.window_start(self.next_window) - anchor
         self._features = StreamingLogMel(recipe)
         # soxr's streaming resampler keeps filter state across chunks, so chunk boundaries
         # leave no seams; librosa.resample only works on whole signals.
@@ -89,9 +110,16 @@ class StreamState:
     def expected_ts_ms(self) -> float:
         return self.anchor_ms + 1000.0 * self.input_samples / self.input_rate
 
-    def push(self, samples: np.ndarray, offset: int, ts_ms: int, received_at: float,
-             last: bool = False) -> list[Window]:
-        """Append a chunk's mono samples (at ``input_rate``); return the windows it completed."""
+    def window_start(self, window_seq: int) -> int:
+        """First model-rate sample (on the producer's clock) of window ``window_seq``."""
+        return window_seq * self.hop_samples + self.phase
+
+    def take_frames(self, samples: np.ndarray, offset: int, received_at: float, last: bool = False) -> np.ndarray:
+        """Append a chunk's mono samples (at ``input_rate``); return its new raw STFT frames.
+
+        Step 1 of 2: the caller turns the frames of many chunks into log-mel in one pass and
+        hands each chunk's share back to :meth:`add_frames`, in the same order.
+        """
         chunk_start = self.anchor_sample + round(self.input_samples * self.recipe.sample_rate / self.input_rate)
         self._chunk_starts.append((offset, chunk_start))
         self.input_samples += samples.shape[0]
@@ -101,7 +129,10 @@ class StreamState:
         if self._skip:
             dropped = min(self._skip, samples.shape[0])
             samples, self._skip = samples[dropped:], self._skip - dropped
-        new_frames = self._features.push(samples)
+        return self._features.take_frames(samples)
+
+    def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int) -> list[Window]:
+        """Step 2 of 2: append compressed mel frames ``(n_mels, n)``; return the windows they complete."""
         windows: list[Window] = []
         while new_frames.shape[1]:
             room = self._frames.shape[1] - self._n_frames
@@ -118,7 +149,7 @@ class StreamState:
 
     def _emit(self, received_at: float, ts_ms: int) -> Window:
         n_frames, sr = self.recipe.n_frames, self.recipe.sample_rate
-        start = self.next_window * self.hop_samples
+        start = self.window_start(self.next_window)
         window = Window(
             stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
             logmel=window_input(self._frames[:, :n_frames], self.recipe),
@@ -134,7 +165,7 @@ class StreamState:
         return window
 
     def _forget_consumed_chunks(self) -> None:
-        next_start = self.next_window * self.hop_samples
+        next_start = self.window_start(self.next_window)
         while len(self._chunk_starts) > 1 and self._chunk_starts[1][1] <= next_start:
             self._chunk_starts.popleft()
 
@@ -173,14 +204,46 @@ class Framer:
 
     def push(self, chunk: Chunk, partition: int, offset: int, received_at: float) -> PushResult:
         """Feed one decoded chunk; returns completed windows and whether the stream was reset."""
-        headers = chunk.headers
+        return self.push_many([Arrival(chunk, partition, offset, received_at)])[0]
+
+    def push_many(self, arrivals: Sequence[Arrival]) -> list[PushResult]:
+        """Feed decoded chunks in arrival order; one result per chunk.
+
+        The same as pushing them one by one, but the new STFT frames of all of them go through a
+        single :func:`~streamgenre.features.frames_to_mel` pass: for 0.5 s chunks that is about a
+        third cheaper per frame than one pass per chunk (fewer, larger numpy calls).
+        """
+        results: list[PushResult] = []
+        staged: list[tuple[StreamState, PushResult, np.ndarray, Arrival]] = []
+        for arrival in arrivals:
+            result = PushResult()
+            results.append(result)
+            state = self._state_for(arrival, result)
+            if state is None:
+                continue
+            eos = arrival.chunk.headers.eos
+            frames = state.take_frames(arrival.chunk.samples, arrival.offset, arrival.received_at, last=eos)
+            staged.append((state, result, frames, arrival))
+            if eos:
+                del self.streams[arrival.chunk.stream_id]
+        if staged:
+            log_frames = compress(frames_to_mel([frames for _, _, frames, _ in staged], self.recipe), self.recipe)
+            start = 0
+            for state, result, frames, arrival in staged:
+                share = log_frames[:, start : start + frames.shape[0]]
+                start += frames.shape[0]
+                result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts)
+        return results
+
+    def _state_for(self, arrival: Arrival, result: PushResult) -> StreamState | None:
+        """The state this chunk continues, a fresh one after a reset, or None for a duplicate."""
+        chunk, headers = arrival.chunk, arrival.chunk.headers
         state = self.streams.get(chunk.stream_id)
-        result = PushResult()
         if state is not None:
             if headers.seq <= state.last_seq and headers.seq != 0:
                 result.duplicate = True
-                return result
-            if chunk.sample_rate != state.input_rate or state.partition != partition:
+                return None
+            if chunk.sample_rate != state.input_rate or state.partition != arrival.partition:
                 result.reset_reason = "format"
             elif headers.seq != state.last_seq + 1:
                 result.reset_reason = "seq_gap"
@@ -192,20 +255,21 @@ class Framer:
             if chunk.stream_id not in self.streams and len(self.streams) >= self.max_streams:
                 oldest = min(self.streams.values(), key=lambda s: s.last_activity)
                 del self.streams[oldest.stream_id]
-            state = StreamState(chunk.stream_id, partition, self.recipe, self.hop_frames,
+            state = StreamState(chunk.stream_id, arrival.partition, self.recipe, self.hop_frames,
                                 chunk.sample_rate, headers.ts, headers.seq)
             self.streams[chunk.stream_id] = state
         state.last_seq = headers.seq
-        result.windows = state.push(chunk.samples, offset, headers.ts, received_at, last=headers.eos)
-        if headers.eos:
-            del self.streams[chunk.stream_id]
-        return result
+        return state
 
     def evict_idle(self, now: float, idle_timeout_s: float) -> list[str]:
         idle = [sid for sid, s in self.streams.items() if now - s.last_activity > idle_timeout_s]
         for sid in idle:
             del self.streams[sid]
         return idle
+
+    def forget(self, stream_ids: set[str]) -> None:
+        for stream_id in stream_ids:
+            self.streams.pop(stream_id, None)
 
     def drop_partitions(self, partitions: set[int]) -> None:
         for sid in [sid for sid, s in self.streams.items() if s.partition in partitions]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from streamgenre.framing import grid_phase
 from streamgenre.ingest import encode_pcm
 from streamgenre.wire import chunk_headers
 
@@ -61,15 +62,16 @@ def chunked_stream(samples: np.ndarray, rate: int, fmt: str, start_ms: int, chun
     return chunks
 
 
-def expected_window_seqs(start_ms: int, n_input: int, rate: int, model_rate: int, hop_samples: int,
-                         window_samples: int) -> list[int]:
+def expected_window_seqs(stream_id: str, start_ms: int, n_input: int, rate: int, model_rate: int,
+                         hop_samples: int, window_samples: int) -> list[int]:
     """The absolute-grid windows a stream must produce (see streamgenre.framing)."""
+    phase = grid_phase(stream_id, hop_samples)
     anchor = round(start_ms * model_rate / 1000)
     n_out = n_input if rate == model_rate else math.floor(n_input * model_rate / rate + 0.5)
-    first = math.ceil(anchor / hop_samples)
+    first = math.ceil((anchor - phase) / hop_samples)
     seqs = []
     k = first
-    while k * hop_samples + window_samples <= anchor + n_out:
+    while k * hop_samples + phase + window_samples <= anchor + n_out:
         seqs.append(k)
         k += 1
     return seqs

@@ -92,7 +92,9 @@ def make_streams(
         start_ms = START_MS + int(rng.integers(0, 100_000))
         sizes = [int(s) for s in rng.integers(int(0.1 * rate), int(0.5 * rate), size=5)]
         chunks = chunked_stream(audio, rate, fmt, start_ms, sizes)
+        stream_id = f"{prefix}-{seed}-{i:03d}"
         expected = expected_window_seqs(
+            stream_id,
             start_ms,
             sum(c.n_samples for c in chunks),
             rate,
@@ -100,7 +102,7 @@ def make_streams(
             hop_samples,
             recipe.window_samples,
         )
-        streams.append(Stream(f"{prefix}-{seed}-{i:03d}", chunks, expected))
+        streams.append(Stream(stream_id, chunks, expected))
     return streams
 
 

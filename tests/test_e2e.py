@@ -14,6 +14,7 @@ import redis
 from kafka import KafkaProducer
 
 from streamgenre.config import Settings
+from streamgenre.framing import grid_phase
 from streamgenre.model import load_spec
 from streamgenre.tail import follow
 from streamgenre.wire import SCHEMA_DIR
@@ -46,7 +47,7 @@ def _send_streams(settings: Settings, model_path: Path) -> dict[str, list[int]]:
         chunks = chunked_stream(audio, rate, fmt, start_ms, sizes)
         stream_id = f"station-{i:03d}-{fmt}-{rate}"
         n_input = sum(c.n_samples for c in chunks)
-        expected[stream_id] = expected_window_seqs(start_ms, n_input, rate, recipe.sample_rate, hop_samples,
+        expected[stream_id] = expected_window_seqs(stream_id, start_ms, n_input, rate, recipe.sample_rate, hop_samples,
                                                    recipe.window_samples)
         streams.append((stream_id, chunks))
     for index in range(max(len(c) for _, c in streams)):
@@ -80,7 +81,8 @@ def test_many_streams_every_window_once_in_order(settings: Settings, test_model:
         # Timing fields: grid position, window length, ts = window end in ms.
         assert payload["t_end"] - payload["t_start"] == pytest.approx(spec.window_s, abs=1e-3)
         hop = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
-        assert payload["t_start"] == pytest.approx(payload["window_seq"] * hop, abs=1e-3)
+        phase = grid_phase(payload["stream_id"], spec.hop_frames * spec.recipe.hop_length) / spec.recipe.sample_rate
+        assert payload["t_start"] == pytest.approx(payload["window_seq"] * hop + phase, abs=1e-3)
         assert payload["ts"] == round(payload["t_end"] * 1000)
         assert 0 <= payload["latency_ms"] < 60_000
         assert payload["model_version"] == spec.version

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import librosa
 import numpy as np
 import pytest
 
-from streamgenre.features import FeatureRecipe, StreamingLogMel, clip_windows, log_mel, window_input
-from streamgenre.framing import Framer
+from streamgenre.features import (
+    FeatureRecipe,
+    StreamingLogMel,
+    clip_windows,
+    log_mel,
+    reference_window,
+    window_input,
+)
+from streamgenre.framing import Arrival, Framer, grid_phase
 from streamgenre.wire import Chunk, ChunkHeaders
 
 RECIPES = {
@@ -18,20 +24,6 @@ RECIPES = {
                                       window="hamming", n_mels=40, htk=True, norm=None, power=1.0, n_frames=50,
                                       ref=1.0, top_db=None, mean=-20.0, std=15.0),
 }
-
-
-def librosa_window(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
-    """The contract's reference definition, written with librosa only."""
-    mel = librosa.feature.melspectrogram(
-        y=y, sr=recipe.sample_rate, n_fft=recipe.n_fft, hop_length=recipe.hop_length,
-        win_length=recipe.win_length, window=recipe.window, center=False, n_mels=recipe.n_mels,
-        fmin=recipe.fmin, fmax=recipe.fmax, htk=recipe.htk, norm=recipe.norm, power=recipe.power,
-    )
-    if recipe.log == "log10_1p":
-        logged = np.log10(recipe.log_scale * mel + 1)
-    else:
-        logged = librosa.power_to_db(mel, ref=recipe.ref, amin=recipe.amin, top_db=recipe.top_db)
-    return (logged - np.float32(recipe.mean)) / np.float32(recipe.std)
 
 
 def music_like(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
@@ -49,7 +41,7 @@ def test_window_matches_librosa(name: str) -> None:
     assert ours.shape == (recipe.n_mels, recipe.n_frames)
     scale = 1.0 if recipe.log == "log10_1p" else float(np.max(np.abs(recipe.std)))
     # dB in the contract; normalised values are dB / std, so compare in dB.
-    assert np.max(np.abs(ours - librosa_window(y, recipe))) * scale <= 1e-3
+    assert np.max(np.abs(ours - reference_window(y, recipe))) * scale <= 1e-3
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -68,32 +60,42 @@ def test_streaming_frames_equal_whole_signal(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["paper", "musicnn"])
-def test_daemon_windows_spanning_odd_chunks_match_librosa(name: str) -> None:
-    """Windows built by the framer from odd-sized chunks equal librosa on the same samples."""
+@pytest.mark.parametrize("chunks_per_push", [1, 5])
+def test_daemon_windows_spanning_odd_chunks_match_librosa(name: str, chunks_per_push: int) -> None:
+    """Windows built by the framer from odd-sized chunks equal librosa on the same samples,
+    whether chunks are pushed one at a time or several per spectral pass."""
     recipe = RECIPES[name]
     hop_frames = recipe.n_frames // 2
+    hop = hop_frames * recipe.hop_length
     rate = recipe.sample_rate
     y = music_like(12.0, rate, seed=2)
     framer = Framer(recipe, hop_frames)
-    start_ms = 0  # grid origin = first sample, so window k starts at sample k * hop
+    start_ms = 0  # the stream starts at the grid origin, so window k starts at sample phase + k * hop
+    phase = grid_phase("s", hop)
     sizes = [997, 4801, 13, 7919, 30011, 1]
-    windows, position, seq = [], 0, 0
+    arrivals, position, seq = [], 0, 0
     while position < y.size:
         size = sizes[seq % len(sizes)]
         piece = y[position : position + size]
         headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=seq,
                                ts=start_ms + round(1000 * position / rate))
-        decoded = Chunk(stream_id="s", headers=headers, samples=piece, sample_rate=rate)
-        windows += framer.push(decoded, 0, seq, 0.0).windows
+        arrivals.append(Arrival(Chunk(stream_id="s", headers=headers, samples=piece, sample_rate=rate), 0, seq, 0.0))
         position += size
         seq += 1
-    hop = hop_frames * recipe.hop_length
+    windows = [
+        window
+        for first in range(0, len(arrivals), chunks_per_push)
+        for result in framer.push_many(arrivals[first : first + chunks_per_push])
+        for window in result.windows
+    ]
     assert [w.window_seq for w in windows] == list(range(len(windows)))
-    assert len(windows) == 1 + (y.size - recipe.window_samples) // hop
+    assert len(windows) == 1 + (y.size - phase - recipe.window_samples) // hop
     for window in windows:
-        segment = y[window.window_seq * hop : window.window_seq * hop + recipe.window_samples]
+        start = phase + window.window_seq * hop
+        assert window.t_start == pytest.approx(start / rate)
+        segment = y[start : start + recipe.window_samples]
         scale = 1.0 if recipe.log == "log10_1p" else float(np.max(np.abs(recipe.std)))
-        assert np.max(np.abs(window.logmel[0] - librosa_window(segment, recipe))) * scale <= 1e-3
+        assert np.max(np.abs(window.logmel[0] - reference_window(segment, recipe))) * scale <= 1e-3
 
 
 def test_clip_windows_are_daemon_windows() -> None:
@@ -102,7 +104,7 @@ def test_clip_windows_are_daemon_windows() -> None:
     windows = clip_windows(y, recipe, hop_frames=32)
     hop = 32 * recipe.hop_length
     assert windows.shape == (1 + (y.size - recipe.window_samples) // hop, 1, recipe.n_mels, recipe.n_frames)
-    np.testing.assert_allclose(windows[2, 0], librosa_window(y[2 * hop : 2 * hop + recipe.window_samples], recipe),
+    np.testing.assert_allclose(windows[2, 0], reference_window(y[2 * hop : 2 * hop + recipe.window_samples], recipe),
                                atol=1e-4)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamgenre.batching import MicroBatcher
-from streamgenre.framing import Framer
+from streamgenre.framing import Arrival, Framer
 from streamgenre.smoothing import GenreSmoother
 from streamgenre.wire import Chunk, ChunkHeaders
 from tests.modelgen import TEST_RECIPE
@@ -49,7 +49,7 @@ def test_needed_offset_points_at_chunk_holding_next_window_start() -> None:
         framer.push(c, 3, offset, 0.0)
         needed = framer.needed_offsets()[3]
         state = framer.streams["a"]
-        next_start = state.next_window * HOP
+        next_start = state.window_start(state.next_window)
         # The needed chunk starts at or before the next window and the one after starts later.
         assert needed * 4000 <= next_start
         assert needed == offset or (needed + 1) * 4000 > next_start
@@ -62,6 +62,31 @@ def test_seq_gap_and_time_jump_reset_the_window() -> None:
     assert framer.push(chunk("a", 4, 9000), 0, 3, 0.0).reset_reason == "time_jump"
     assert framer.push(chunk("a", 5, 9500, rate=22050), 0, 4, 0.0).reset_reason == "format"
     assert framer.push(chunk("a", 5, 9500, rate=22050), 0, 5, 0.0).duplicate
+
+
+def test_push_many_equals_pushing_one_by_one() -> None:
+    """One spectral pass over several streams' chunks (with a duplicate, a gap, an end of stream
+    and a stream seen twice in one pass) gives the same results as pushing each chunk alone."""
+    chunks = []
+    for seq in range(10):
+        chunks += [chunk("a", seq, 500 * seq), chunk("b", seq, 250 + 500 * seq, eos=seq == 9)]
+    chunks += [chunk("a", 9, 4500), chunk("a", 12, 6000), chunk("a", 13, 6500)]
+    arrivals = [Arrival(c, 0, offset, float(offset)) for offset, c in enumerate(chunks)]
+    one_by_one = Framer(TEST_RECIPE, HOP_FRAMES)
+    expected = [one_by_one.push(*arrival) for arrival in arrivals]
+    together = Framer(TEST_RECIPE, HOP_FRAMES)
+    results = together.push_many(arrivals[:7]) + together.push_many(arrivals[7:])
+    assert [(r.reset_reason, r.duplicate) for r in results] == [(r.reset_reason, r.duplicate) for r in expected]
+    assert {"duplicate", "seq_gap"} <= {"duplicate" if r.duplicate else r.reset_reason for r in results}
+    windows = [w for r in results for w in r.windows]
+    assert [(w.stream_id, w.window_seq) for w in windows] == [
+        (w.stream_id, w.window_seq) for r in expected for w in r.windows
+    ]
+    assert len(windows) >= 8
+    for got, want in zip(windows, [w for r in expected for w in r.windows], strict=True):
+        np.testing.assert_allclose(got.logmel, want.logmel, atol=1e-4)
+    assert together.needed_offsets() == one_by_one.needed_offsets()
+    assert set(together.streams) == set(one_by_one.streams) == {"a"}
 
 
 def test_reset_never_glues_audio_across_a_gap() -> None:
