@@ -306,7 +306,7 @@ def _producer_main(
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=5, batch_size=1 << 20, max_request_size=8 << 20, acks=1
     )
-    epoch0 = int(time.time() * 1000)
+    epoch0 = round(start_at * 1000)  # chunk k of a stream is captured over [ts, ts + chunk_s), sent at its end
     n_chunks = int(duration_s / chunk_s)
     # Streams are spread evenly over one chunk period, like independent live sources.
     offsets = [(i / streams) * chunk_s for i in range(streams)]

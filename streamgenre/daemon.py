@@ -279,11 +279,9 @@ class Daemon:
             if pipeline.batch_due(now) or (idle and len(pipeline.batcher)):
                 pipeline.run_batch()
             if now >= next_checkpoint:
-                ok, offsets = self._checkpoint()
+                pipeline.checkpoint()
                 next_checkpoint = now + CHECKPOINT_INTERVAL_S
-                if ok:
-                    with self._commit_lock:
-                        self._to_commit.update(offsets)
+            self._collect_committable()
             if now >= next_eviction:
                 pipeline.evict_idle(now)
                 next_eviction = now + HOUSEKEEPING_INTERVAL_S
@@ -310,9 +308,22 @@ class Daemon:
             pass
         return records, None
 
-    def _checkpoint(self) -> tuple[bool, dict[int, int]]:
+    def _collect_committable(self) -> None:
+        """Hand the poll thread the offsets whose outputs the broker has acknowledged."""
         try:
-            offsets = self.pipeline.checkpoint()
+            offsets = self.pipeline.committable()
+        except SinkError as exc:
+            self.health.broker_ok = False
+            log.warning("outputs not acknowledged, not committing: %s", exc)
+            return
+        if offsets:
+            with self._commit_lock:
+                self._to_commit.update(offsets)
+
+    def _checkpoint(self) -> tuple[bool, dict[int, int]]:
+        """Checkpoint and wait for the acks (barriers: rebalance and shutdown)."""
+        try:
+            offsets = self.pipeline.checkpoint_and_flush()
         except SinkError as exc:
             self.health.broker_ok = False
             log.warning("outputs not acknowledged, not committing: %s", exc)

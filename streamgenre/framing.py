@@ -48,9 +48,15 @@ class Window:
     chunk_ts_ms: int
 
 
-def grid_phase(stream_id: str, hop_samples: int) -> int:
-    """Offset of a stream's window grid within one hop, in model-rate samples (stable: CRC-32 of the id)."""
-    return zlib.crc32(stream_id.encode()) % hop_samples
+def grid_phase(stream_id: str, hop_samples: int, sample_rate: int) -> int:
+    """Offset of a stream's window grid within one hop, in model-rate samples (stable: CRC-32 of the id).
+
+    A whole number of milliseconds, so that where the plain epoch grid has window starts on whole
+    milliseconds (e.g. 16 kHz with a hop that is a multiple of 16 samples) the shifted grid has
+    too; a replay anchored on a millisecond ``ts`` then starts exactly (docs/RELIABILITY.md).
+    """
+    quantum = sample_rate // math.gcd(sample_rate, 1000)  # samples in the shortest whole-ms step
+    return (zlib.crc32(stream_id.encode()) % max(1, hop_samples // quantum)) * quantum
 
 
 class Arrival(NamedTuple):
@@ -90,7 +96,7 @@ class StreamState:
         self.last_seq = seq - 1
         self.input_samples = 0
         self.last_activity = 0.0
-        self.phase = grid_phase(stream_id, self.hop_samples)
+        self.phase = grid_phase(stream_id, self.hop_samples, recipe.sample_rate)
         anchor = round(anchor_ms * recipe.sample_rate / 1000)
         self.anchor_sample = anchor
         self.next_window = math.ceil((anchor - self.phase) / self.hop_samples)

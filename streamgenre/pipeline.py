@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from streamgenre.model import GenreModel
 from streamgenre.sinks import KafkaSink, OutMessage, RedisSink
 from streamgenre.smoothing import GenreSmoother
 from streamgenre.source import Record
-from streamgenre.wire import BadInput, GenreEvent, Prediction, decode_chunk, rounded_probs
+from streamgenre.wire import SCHEMA_VERSION, BadInput, GenreEvent, decode_chunk, encode_json, rounded_probs
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class Pipeline:
         self.smoothers: dict[str, GenreSmoother] = {}
         self.live_neighbours: dict[str, _LiveNeighbours] = {}
         self.last_offset: dict[int, int] = {}
+        # (output messages sent at the checkpoint, offsets it allows), oldest first.
+        self._checkpoints: collections.deque[tuple[int, dict[int, int]]] = collections.deque()
 
     def warm_up(self) -> None:
         """Build filterbanks and run one inference before consuming.
@@ -169,9 +171,10 @@ class Pipeline:
         timeline: list[tuple[str, bytes]] = []
         latest: dict[str, bytes] = {}
         for window, window_probs, embedding in zip(windows, probs, embeddings, strict=True):
-            value = self._publish(window, window_probs)
+            prediction = self._publish(window, window_probs)
+            value = encode_json(prediction)
             timeline.append((window.stream_id, value))
-            latest[window.stream_id] = self._with_neighbours(window.stream_id, value, embedding)
+            latest[window.stream_id] = self._with_neighbours(window.stream_id, prediction, value, embedding)
         if self.redis is not None and not self.redis.write(timeline, latest):
             self.metrics.redis_errors.inc()
             self.metrics.redis_skipped.inc(len(timeline))
@@ -182,7 +185,14 @@ class Pipeline:
             self.metrics.e2e_latency.observe(max(0.0, wall_now - window.chunk_ts_ms / 1000))
         self.metrics.windows.inc(len(windows))
 
-    def _publish(self, window: Window, probs: np.ndarray) -> bytes:
+    def _publish(self, window: Window, probs: np.ndarray) -> dict[str, Any]:
+        """Send a window's prediction (and a genre event if the smoothed genre changed); return it.
+
+        The prediction is built as a plain dict in :class:`~streamgenre.wire.Prediction`'s field
+        order rather than through pydantic: at hundreds of windows per second the model
+        construction and dump were a measurable share of the worker. The schema stays the
+        contract; ``tests/test_e2e.py`` validates every published message against it.
+        """
         labels = self.model.labels
         smoother = self.smoothers.get(window.stream_id)
         if smoother is None:
@@ -191,18 +201,16 @@ class Pipeline:
         change = smoother.update(probs, window.t_start, window.t_end)
         best = int(np.argmax(probs))
         key = window.stream_id.encode()
-        prediction = Prediction(
-            stream_id=window.stream_id, window_seq=window.window_seq,
-            t_start=round(window.t_start, 4), t_end=round(window.t_end, 4), ts=round(window.t_end * 1000),
-            genre=labels[best], confidence=round(float(probs[best]), 5), probs=rounded_probs(labels, probs),
-            smoothed_genre=smoother.smoothed_genre,
-            smoothed_probs=rounded_probs(labels, smoother.probs),  # type: ignore[arg-type]
-            model_version=self.model.version,
-            latency_ms=round(1000 * (time.monotonic() - window.completed_at), 3),
-        )
-        value = prediction.model_dump_json(exclude_none=True).encode()
-        self.kafka.send(OutMessage(self.settings.output_topic, key, value))
-        self.metrics.predictions_by_genre.labels(prediction.genre).inc()
+        prediction = {
+            "schema_version": SCHEMA_VERSION, "stream_id": window.stream_id, "window_seq": window.window_seq,
+            "t_start": round(window.t_start, 4), "t_end": round(window.t_end, 4), "ts": round(window.t_end * 1000),
+            "genre": labels[best], "confidence": round(float(probs[best]), 5), "probs": rounded_probs(labels, probs),
+            "smoothed_genre": smoother.smoothed_genre, "smoothed_probs": rounded_probs(labels, smoother.probs),
+            "model_version": self.model.version,
+            "latency_ms": round(1000 * (time.monotonic() - window.completed_at), 3),
+        }
+        self.kafka.send(OutMessage(self.settings.output_topic, key, encode_json(prediction)))
+        self.metrics.predictions_by_genre.labels(labels[best]).inc()
         if change is not None:
             event = GenreEvent.model_validate({
                 "stream_id": window.stream_id, "from": change.from_genre, "to": change.to_genre,
@@ -211,9 +219,10 @@ class Pipeline:
             })
             self.kafka.send(OutMessage(self.settings.events_topic, key, event.to_json()))
             self.metrics.genre_changes.inc()
-        return value
+        return prediction
 
-    def _with_neighbours(self, stream_id: str, value: bytes, embedding: np.ndarray) -> bytes:
+    def _with_neighbours(self, stream_id: str, prediction: dict[str, Any], value: bytes,
+                         embedding: np.ndarray) -> bytes:
         if self.catalog is None:
             return value
         live = self.live_neighbours.get(stream_id)
@@ -226,34 +235,61 @@ class Pipeline:
         if live.windows_since_query == 0:
             live.neighbours = self.catalog.neighbours(np.stack(live.recent), self.settings.neighbours_k)
         live.windows_since_query = (live.windows_since_query + 1) % max(1, live.recent.maxlen // 3)
-        prediction = Prediction.model_validate_json(value)
-        prediction.neighbours = live.neighbours
-        return prediction.model_dump_json(exclude_none=True).encode()
+        return encode_json({**prediction, "neighbours": live.neighbours})
 
     # -- commits and state -------------------------------------------------------------------
-    def checkpoint(self) -> dict[int, int]:
-        """Make every processed record durable in the outputs; return the offsets safe to commit.
+    def checkpoint(self) -> None:
+        """Mark a point whose offsets become committable once the broker has acknowledged the
+        outputs; does not wait for the acknowledgement (see :meth:`committable`).
 
         The order is the guarantee:
 
         1. Infer and publish every complete window still waiting in the batcher (Redis is
            written per batch, so this also writes Redis or counts the skip).
-        2. Flush the Kafka producer: every prediction, event and dead letter for the records
-           processed so far is acknowledged (raises SinkError otherwise; nothing is committed).
+        2. Note how many output messages have been sent so far: every prediction, event and
+           dead letter for the records processed up to here is among them.
         3. Per partition, the commit offset is the oldest chunk an open window still needs, or
            the record after the last processed one when no window needs anything. Committing
            that replays at most one window's audio after a crash, and loses nothing.
+
+        The offsets are handed out by :meth:`committable` only after step 2's messages are all
+        acknowledged, so a commit never gets ahead of the outputs. Not waiting here matters:
+        a synchronous flush stalled the worker (and every window queued behind it) for the
+        broker's round trip once per checkpoint, which was the p99 of window → publish.
         """
         # Step 1.
         while len(self.batcher):
             self.run_batch()
-        # Step 2.
-        self.kafka.flush()
-        # Step 3.
-        needed = self.framer.needed_offsets()
-        offsets = {p: min(needed.get(p, last + 1), last + 1) for p, last in self.last_offset.items()}
+        # Steps 2 and 3.
+        self._checkpoints.append((self.kafka.sent, self._safe_offsets()))
         self._forget_closed_streams()
+
+    def committable(self) -> dict[int, int]:
+        """Offsets of every checkpoint whose outputs are now all acknowledged (newest wins).
+
+        Raises SinkError when outputs failed even after a resend; nothing is committable then.
+        """
+        if not self._checkpoints:
+            return {}
+        acknowledged = self.kafka.acknowledged()
+        offsets: dict[int, int] = {}
+        while self._checkpoints and self._checkpoints[0][0] <= acknowledged:
+            offsets.update(self._checkpoints.popleft()[1])
         return offsets
+
+    def checkpoint_and_flush(self) -> dict[int, int]:
+        """:meth:`checkpoint`, then block until the outputs are acknowledged; return the offsets.
+
+        For rebalances and shutdown, which must commit before they let go of the partitions.
+        Raises SinkError (nothing is committable) when the outputs are not acknowledged.
+        """
+        self.checkpoint()
+        self.kafka.flush()
+        return self.committable()
+
+    def _safe_offsets(self) -> dict[int, int]:
+        needed = self.framer.needed_offsets()
+        return {p: min(needed.get(p, last + 1), last + 1) for p, last in self.last_offset.items()}
 
     def evict_idle(self, now: float) -> None:
         if self.framer.evict_idle(now, self.settings.idle_timeout_s):

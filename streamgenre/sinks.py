@@ -8,6 +8,7 @@ counted, and the daemon keeps publishing to Kafka.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ class KafkaSink:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._pending: list[tuple[OutMessage, FutureRecordMetadata | None]] = []
+        # Sent and not yet acknowledged, in send order; everything before the head is acknowledged.
+        self._pending: collections.deque[tuple[OutMessage, FutureRecordMetadata | None]] = collections.deque()
+        self._acknowledged = 0
         self._producer: KafkaProducer | None = None
 
     def _connect(self) -> KafkaProducer:
@@ -77,6 +80,30 @@ class KafkaSink:
     def send(self, message: OutMessage) -> None:
         self._pending.append((message, self._send(message)))
 
+    @property
+    def sent(self) -> int:
+        """Messages handed to :meth:`send` since this sink was created."""
+        return self._acknowledged + len(self._pending)
+
+    def acknowledged(self) -> int:
+        """How many of the :attr:`sent` messages, counted from the first, the broker has
+        acknowledged; never blocks while all is well.
+
+        This is what lets the worker commit without waiting for acks (see
+        :meth:`streamgenre.pipeline.Pipeline.checkpoint`). A failed message at the head falls
+        back to :meth:`flush`, which resends it and may raise SinkError.
+        """
+        while self._pending:
+            future = self._pending[0][1]
+            if future is not None and not future.is_done:
+                break
+            if future is None or future.failed():
+                self.flush()
+                break
+            self._pending.popleft()
+            self._acknowledged += 1
+        return self._acknowledged
+
     def flush(self, timeout_s: float = 30.0) -> None:
         """Block until every message sent so far is acknowledged.
 
@@ -91,11 +118,16 @@ class KafkaSink:
                     log.warning("producer flush failed: %s", exc)
             failed = [m for m, f in self._pending if f is None or not f.succeeded()]
             if not failed:
+                self._acknowledged += len(self._pending)
                 self._pending.clear()
                 return
             log.warning("%d output messages not acknowledged (attempt %d)", len(failed), attempt)
             self._reset()
-            self._pending = [(m, self._send(m)) for m in failed]
+            # The failed ones go again; the others keep their place, so a message counts as
+            # acknowledged only once everything sent before it is (see acknowledged()).
+            self._pending = collections.deque(
+                (m, f if f is not None and f.succeeded() else self._send(m)) for m, f in self._pending
+            )
         raise SinkError(f"{len(self._pending)} output messages not acknowledged by the broker")
 
     def _reset(self) -> None:

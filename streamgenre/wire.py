@@ -16,7 +16,7 @@ import io
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -255,6 +255,11 @@ class GenreEvent(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
+
+
+def encode_json(payload: dict[str, Any]) -> bytes:
+    """Compact JSON, as pydantic's ``model_dump_json`` writes it (the hot path skips pydantic)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def rounded_probs(labels: list[str], probs: np.ndarray) -> dict[str, float]:

@@ -65,7 +65,7 @@ def chunked_stream(samples: np.ndarray, rate: int, fmt: str, start_ms: int, chun
 def expected_window_seqs(stream_id: str, start_ms: int, n_input: int, rate: int, model_rate: int,
                          hop_samples: int, window_samples: int) -> list[int]:
     """The absolute-grid windows a stream must produce (see streamgenre.framing)."""
-    phase = grid_phase(stream_id, hop_samples)
+    phase = grid_phase(stream_id, hop_samples, model_rate)
     anchor = round(start_ms * model_rate / 1000)
     n_out = n_input if rate == model_rate else math.floor(n_input * model_rate / rate + 0.5)
     first = math.ceil((anchor - phase) / hop_samples)

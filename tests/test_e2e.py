@@ -81,7 +81,8 @@ def test_many_streams_every_window_once_in_order(settings: Settings, test_model:
         # Timing fields: grid position, window length, ts = window end in ms.
         assert payload["t_end"] - payload["t_start"] == pytest.approx(spec.window_s, abs=1e-3)
         hop = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
-        phase = grid_phase(payload["stream_id"], spec.hop_frames * spec.recipe.hop_length) / spec.recipe.sample_rate
+        rate = spec.recipe.sample_rate
+        phase = grid_phase(payload["stream_id"], spec.hop_frames * spec.recipe.hop_length, rate) / rate
         assert payload["t_start"] == pytest.approx(payload["window_seq"] * hop + phase, abs=1e-3)
         assert payload["ts"] == round(payload["t_end"] * 1000)
         assert 0 <= payload["latency_ms"] < 60_000

@@ -71,7 +71,7 @@ def test_daemon_windows_spanning_odd_chunks_match_librosa(name: str, chunks_per_
     y = music_like(12.0, rate, seed=2)
     framer = Framer(recipe, hop_frames)
     start_ms = 0  # the stream starts at the grid origin, so window k starts at sample phase + k * hop
-    phase = grid_phase("s", hop)
+    phase = grid_phase("s", hop, rate)
     sizes = [997, 4801, 13, 7919, 30011, 1]
     arrivals, position, seq = [], 0, 0
     while position < y.size:

@@ -18,6 +18,7 @@ from streamgenre.wire import (
     Reason,
     chunk_headers,
     decode_chunk,
+    encode_json,
     write_schemas,
 )
 from tests.audio import encode_chunk, tone_mix
@@ -109,3 +110,14 @@ def test_event_uses_from_and_to_on_the_wire() -> None:
                                        "confidence": 0.5})
     assert json.loads(event.to_json())["to"] == "jazz" and "from" in json.loads(event.to_json())
     assert "neighbours" in Prediction.model_json_schema()["properties"]
+
+
+def test_hot_path_json_matches_pydantic_output() -> None:
+    """The worker writes predictions with json.dumps; the bytes must be what the schema model writes."""
+    payload = {
+        "schema_version": 1, "stream_id": "radio-ü-7", "window_seq": 588235294, "t_start": 1760000000.25,
+        "t_end": 1760000003.2224, "ts": 1760000003222, "genre": "jazz", "confidence": 0.91234,
+        "probs": {"jazz": 0.91234, "rock": 0.08766}, "smoothed_genre": "jazz",
+        "smoothed_probs": {"jazz": 0.8, "rock": 0.2}, "model_version": "m-1", "latency_ms": 12.5,
+    }
+    assert encode_json(payload) == Prediction.model_validate(payload).model_dump_json(exclude_none=True).encode()
