@@ -139,9 +139,11 @@ def _decode_pcm(payload: bytes, headers: ChunkHeaders) -> np.ndarray:
     # Zero-copy view of the payload; the downmix below makes the one copy we need anyway.
     samples = np.frombuffer(payload, dtype=dtype).reshape(-1, headers.channels)
     if headers.channels == 1:
-        # Mono (most live streams): skip the reduction, same values (the mean of one sample is it).
-        mono = samples[:, 0].astype(np.float32)
-        return mono / np.float32(32768.0) if dtype.kind == "i" else mono
+        # Mono (most live streams): skip the reduction, same values (the mean of one sample is
+        # it); for integers, convert and scale in one pass (x 2^-15 is exact, as / 32768 is).
+        if dtype.kind == "i":
+            return np.multiply(samples[:, 0], np.float32(1.0 / 32768.0), dtype=np.float32)
+        return samples[:, 0].astype(np.float32)
     if dtype.kind == "i":
         return samples.mean(axis=1, dtype=np.float32) / np.float32(32768.0)
     return samples.mean(axis=1, dtype=np.float32)
@@ -203,9 +205,11 @@ def decode_chunk(key: bytes | None, payload: bytes | None, raw_headers: list[tup
         samples, rate = _decode_container(payload, max_samples=max_bytes // 4)
     else:
         raise BadInput(Reason.UNKNOWN_CONTENT_TYPE, f"content-type {headers.content_type!r} is not supported")
-    if samples.size and not np.isfinite(samples).all():
+    float_pcm = headers.content_type in PCM_TYPES and PCM_TYPES[headers.content_type].kind == "f"
+    if (float_pcm or headers.content_type in CONTAINER_TYPES) and not np.isfinite(samples).all():
         raise BadInput(Reason.NON_FINITE_SAMPLES, "audio contains NaN or Inf")
-    return Chunk(stream_id=stream_id, headers=headers, samples=samples, sample_rate=rate)
+    # Every field is validated above; model_construct skips pydantic's second pass (hot path).
+    return Chunk.model_construct(stream_id=stream_id, headers=headers, samples=samples, sample_rate=rate)
 
 
 def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | None = None,

@@ -203,6 +203,20 @@ def coverage(streams: Iterable[Stream], messages: list) -> Coverage:
     )
 
 
+def wait_first_windows(reader: TopicReader, streams: list[Stream], divisor: int, timeout_s: float = 60) -> list:
+    """Read until 1/``divisor`` of the expected windows were out, so that a fault hits mid-stream."""
+    wanted = sum(len(s.expected) for s in streams) // divisor
+    return reader.until(lambda messages: len(messages) >= wanted, timeout_s, "first windows")
+
+
+def settle(reader: TopicReader, seconds: float = 1.5) -> list:
+    """Keep reading a little after the expected windows arrived, so late duplicates are counted."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        reader.poll()
+    return reader.messages
+
+
 def wait_all_windows(reader: TopicReader, streams: list[Stream], timeout_s: float, what: str) -> list:
     """Read until every expected window of ``streams`` was published; name the missing ones if not."""
     wanted = expected_windows(streams)
@@ -225,6 +239,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         env[f"STREAMGENRE_{name.upper()}"] = str(value)
     return env
+
+
+def readyz(port: int) -> tuple[int, dict] | None:
+    """(status, body) of a daemon's /readyz on ``port``, or None while its HTTP server does not answer."""
+    url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return None
 
 
 class DaemonProcess:
@@ -254,15 +280,7 @@ class DaemonProcess:
         return self.process is not None and self.process.poll() is None
 
     def readyz(self) -> tuple[int, dict] | None:
-        """(status, body) of /readyz, or None while the HTTP server does not answer."""
-        url = f"http://127.0.0.1:{self.settings.metrics_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-        except OSError:
-            return None
+        return readyz(self.settings.metrics_port)
 
     def wait_assigned(self, partitions: int, timeout_s: float = 60.0, after: int = 0) -> str:
         """Wait for a log line assigning ``partitions`` partitions (in the log past ``after`` chars)."""
@@ -381,3 +399,54 @@ class MotoServer:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+@dataclass
+class SigkillOutcome:
+    coverage: Coverage
+    # From the SIGKILL until ``recover`` returned, producing the second half included (as a live
+    # source keeps producing through a crash).
+    kill_to_recovered_s: float
+
+
+def sigkill_mid_stream(
+    settings: Settings,
+    streams: list[Stream],
+    victim: DaemonProcess,
+    successor: DaemonProcess,
+    *,
+    group_ready: Callable[[], object],
+    recover: Callable[[], object],
+    before_kill: Callable[[], object] = lambda: None,
+    what: str,
+) -> SigkillOutcome:
+    """SIGKILL ``victim`` half-way through ``streams``; check ``successor`` publishes every window.
+
+    In order: ``group_ready`` (wait for the assignment), the first half of each stream in, a
+    quarter of the windows out, ``before_kill``, SIGKILL, the second half in, ``recover`` (start
+    the successor, or wait for it to take the victim's partitions), then every window out. The
+    second half goes in while nobody owns the victim's partitions, so the successor replays
+    from the last commit into a backlog rather than into an idle topic. Both daemons are stopped
+    whatever happens; a missing or unexpected window, or a dead successor, fails the test.
+    """
+    reader = TopicReader(settings.bootstrap_servers, settings.output_topic)
+    try:
+        group_ready()
+        produce(settings.bootstrap_servers, settings.input_topic, streams, 0.0, 0.5)
+        wait_first_windows(reader, streams, 4)
+        before_kill()
+        killed_at = time.monotonic()
+        victim.kill()
+        produce(settings.bootstrap_servers, settings.input_topic, streams, 0.5, 1.0)
+        recover()
+        kill_to_recovered_s = time.monotonic() - killed_at
+        wait_all_windows(reader, streams, 90, f"every window {what}")
+        result = coverage(streams, settle(reader))
+        assert successor.alive(), successor.log()[-3000:]
+    finally:
+        victim.stop()
+        successor.stop()
+        reader.close()
+    assert not result.missing and not result.unexpected, (result.missing[:12], result.unexpected[:12])
+    return SigkillOutcome(result, kill_to_recovered_s)
