@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     max_poll_interval_ms: int = Field(60000, description="Max time between polls before the member is evicted.")
     max_message_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted chunk; larger goes to the DLQ.")
     fetch_max_wait_ms: int = Field(
-        20, ge=1, description="Longest the broker holds a fetch that has no new audio (latency floor of delivery)."
+        100, ge=1, description="Longest the broker holds a fetch while no new audio arrives (bounds delivery delay)."
     )
     producer_linger_ms: int = Field(5, description="Producer batching delay.")
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(
