@@ -353,7 +353,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
     import redis
     from kafka import KafkaConsumer, TopicPartition
 
-    from streamgenre.devbroker import DevBroker, ensure_topics, free_port
+    from streamgenre.devbroker import DevBroker, ensure_topics
     from streamgenre.model import load_spec
 
     spec = load_spec(model_path)
@@ -374,35 +374,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             model_path=model_path,
         )
         ensure_topics(settings, partitions=cfg.partitions)
-        base_port = free_port()
-        env = {
-            **os.environ,
-            "STREAMGENRE_BOOTSTRAP_SERVERS": broker.bootstrap,
-            "STREAMGENRE_GROUP_ID": settings.group_id,
-            "STREAMGENRE_INPUT_TOPIC": settings.input_topic,
-            "STREAMGENRE_OUTPUT_TOPIC": settings.output_topic,
-            "STREAMGENRE_EVENTS_TOPIC": settings.events_topic,
-            "STREAMGENRE_DLQ_TOPIC": settings.dlq_topic,
-            "STREAMGENRE_MODEL_PATH": str(model_path),
-            "STREAMGENRE_REDIS_URL": cfg.redis_url if redis_ok else "redis://127.0.0.1:1/0",
-            "STREAMGENRE_REDIS_PREFIX": f"sgbench-{run}",
-            "STREAMGENRE_METRICS_HOST": "127.0.0.1",
-            "STREAMGENRE_MAX_BATCH": str(cfg.max_batch),
-            "STREAMGENRE_MAX_WAIT_MS": str(cfg.max_wait_ms),
-            "STREAMGENRE_LOG_LEVEL": "WARNING",
-        }
-        daemons = []
-        for w in range(cfg.workers):
-            env_w = {**env, "STREAMGENRE_METRICS_PORT": str(base_port + w)}
-            log = open(tmp / f"daemon-{w}.log", "wb")  # noqa: SIM115
-            daemons.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "streamgenre.cli", "run"],
-                    env=env_w,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+        daemons, base_port = _start_daemons(settings, cfg, run, tmp, redis_ok)
         consumer = KafkaConsumer(
             bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
         )
@@ -462,18 +434,9 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             else {"sent": 0, "late_max_s": None, "offsets_ms": [], "chunk_ms": 1000 * cfg.chunk_s}
         )
         cpu1 = sum(_cpu_seconds(d.pid) for d in daemons)
-        for d in daemons:
-            d.terminate()
-        for d in daemons:
-            try:
-                d.wait(15)
-            except subprocess.TimeoutExpired:
-                d.kill()
+        _stop_daemons(daemons)
         consumer.close()
-    if redis_ok:
-        client = redis.Redis.from_url(cfg.redis_url)
-        for key in client.scan_iter(f"sgbench-{run}:*", count=1000):
-            client.delete(key)
+    _clean_redis(cfg, run, redis_ok)
     return _e2e_summary(
         cfg,
         hop_s,
@@ -488,6 +451,138 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
         measure_to,
         redis_ok,
     )
+
+
+def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
+    """The daemons' own capacity: how fast ``cfg.workers`` processes drain a backlog.
+
+    The real-time run shares the 2 cores with the producer and the broker (tansu alone took ~0.7
+    of a core at 500 streams), so it measures the *box*. Here the producer writes
+    ``cfg.streams`` x ``cfg.seconds`` of audio first and stops; then the daemons start and
+    consume it as fast as they can, with only the broker's fetch and output work beside them.
+    The drain rate over the middle 80% of the windows (after the group has settled, before
+    the tail) is the audio-seconds per second, i.e. real-time streams, the daemons sustain.
+    """
+    import redis
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streamgenre.devbroker import DevBroker, ensure_topics
+    from streamgenre.model import load_spec
+
+    spec = load_spec(model_path)
+    hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
+    run = uuid.uuid4().hex[:8]
+    redis_ok = False
+    with contextlib.suppress(Exception):
+        redis_ok = bool(redis.Redis.from_url(cfg.redis_url, socket_timeout=1).ping())
+    tmp = Path(tempfile.mkdtemp(prefix="sgbench-"))
+    with DevBroker(log_path=tmp / "tansu.log") as broker:
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap, group_id=f"bench-{run}", input_topic=f"bench-in-{run}",
+            output_topic=f"bench-out-{run}", events_topic=f"bench-ev-{run}", dlq_topic=f"bench-dlq-{run}",
+            model_path=model_path,
+        )
+        ensure_topics(settings, partitions=cfg.partitions)
+        ctx = multiprocessing.get_context("spawn")
+        report = ctx.Queue()
+        # Due times in the past: every chunk is sent at once, stamped as if captured live.
+        producer = ctx.Process(
+            target=_producer_main,
+            args=(broker.bootstrap, settings.input_topic, cfg.streams, cfg.seconds, cfg.chunk_s,
+                  time.time() - cfg.seconds - 1.0, report),
+        )
+        producer.start()
+        producer.join(600)
+        sent = report.get(timeout=10)["sent"] if not report.empty() else 0
+        expected = _expected_windows(E2EConfig(**{**cfg.__dict__, "warmup_s": 0.0}), hop_s, spec)
+        daemons, _ = _start_daemons(settings, cfg, run, tmp, redis_ok)
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
+        parts = [TopicPartition(settings.output_topic, p) for p in range(cfg.partitions)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        received = 0
+        marks: dict[str, tuple[float, float, int]] = {}  # name -> (wall, daemon CPU-s, windows)
+        deadline = time.time() + 120 + cfg.streams * cfg.seconds / 200
+        while time.time() < deadline and received < expected:
+            received += sum(len(batch) for batch in consumer.poll(timeout_ms=100, max_records=5000).values())
+            for name, fraction in (("from", 0.1), ("to", 0.9)):
+                if name not in marks and received >= fraction * expected:
+                    marks[name] = (time.time(), sum(_cpu_seconds(d.pid) for d in daemons), received)
+        rss = sum(_rss_bytes(d.pid) for d in daemons)
+        _stop_daemons(daemons)
+        consumer.close()
+    _clean_redis(cfg, run, redis_ok)
+    result: dict[str, Any] = {
+        "streams": cfg.streams, "seconds": cfg.seconds, "workers": cfg.workers, "chunk_s": cfg.chunk_s,
+        "sent_chunks": sent, "expected_windows": expected, "received_windows": received,
+        "rss_mb": round(rss / 2**20, 1),
+    }
+    if "to" in marks:
+        (t0, cpu0, n0), (t1, cpu1, n1) = marks["from"], marks["to"]
+        audio_s = (n1 - n0) * hop_s
+        result["audio_s_per_s"] = round(audio_s / (t1 - t0), 1)
+        result["daemon_cpu_s_per_s"] = round((cpu1 - cpu0) / (t1 - t0), 2)
+        result["audio_s_per_daemon_cpu_s"] = round(audio_s / max(cpu1 - cpu0, 1e-9), 1)
+    if verbose:
+        print(f"  backlog: {result}", flush=True)
+    return result
+
+
+def _start_daemons(
+    settings: Settings, cfg: E2EConfig, run: str, tmp: Path, redis_ok: bool
+) -> tuple[list[subprocess.Popen], int]:
+    """``cfg.workers`` ``streamgenre run`` processes in one group; returns them and the first metrics port."""
+    from streamgenre.devbroker import free_port
+
+    base_port = free_port()
+    env = {
+        **os.environ,
+        "STREAMGENRE_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "STREAMGENRE_GROUP_ID": settings.group_id,
+        "STREAMGENRE_INPUT_TOPIC": settings.input_topic,
+        "STREAMGENRE_OUTPUT_TOPIC": settings.output_topic,
+        "STREAMGENRE_EVENTS_TOPIC": settings.events_topic,
+        "STREAMGENRE_DLQ_TOPIC": settings.dlq_topic,
+        "STREAMGENRE_MODEL_PATH": str(settings.model_path),
+        "STREAMGENRE_REDIS_URL": cfg.redis_url if redis_ok else "redis://127.0.0.1:1/0",
+        "STREAMGENRE_REDIS_PREFIX": f"sgbench-{run}",
+        "STREAMGENRE_METRICS_HOST": "127.0.0.1",
+        "STREAMGENRE_MAX_BATCH": str(cfg.max_batch),
+        "STREAMGENRE_MAX_WAIT_MS": str(cfg.max_wait_ms),
+        "STREAMGENRE_LOG_LEVEL": "WARNING",
+    }
+    daemons = []
+    for w in range(cfg.workers):
+        env_w = {**env, "STREAMGENRE_METRICS_PORT": str(base_port + w)}
+        log = open(tmp / f"daemon-{w}.log", "wb")  # noqa: SIM115
+        daemons.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "streamgenre.cli", "run"],
+                env=env_w,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    return daemons, base_port
+
+
+def _stop_daemons(daemons: list[subprocess.Popen]) -> None:
+    for d in daemons:
+        d.terminate()
+    for d in daemons:
+        try:
+            d.wait(15)
+        except subprocess.TimeoutExpired:
+            d.kill()
+
+
+def _clean_redis(cfg: E2EConfig, run: str, redis_ok: bool) -> None:
+    if redis_ok:
+        import redis
+
+        client = redis.Redis.from_url(cfg.redis_url)
+        for key in client.scan_iter(f"sgbench-{run}:*", count=1000):
+            client.delete(key)
 
 
 def _expected_windows(cfg: E2EConfig, hop_s: float, spec: Any) -> int:
@@ -719,6 +814,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         r["ours_over_baseline"] = round(
             r["ceiling"]["audio_s_per_cpu_s"] / r["baseline"]["audio_s_per_s_per_core"], 1
         )
+        if args.backlog_streams:
+            print(f"[{name}] backlog, {args.backlog_streams} streams x {args.seconds} s ...", flush=True)
+            r["backlog"] = measure_backlog(path, E2EConfig(**{**base.__dict__, "streams": args.backlog_streams}))
+            if r["backlog"].get("audio_s_per_daemon_cpu_s"):
+                r["backlog_over_ceiling_per_cpu_s"] = round(
+                    r["backlog"]["audio_s_per_daemon_cpu_s"] / r["ceiling"]["audio_s_per_cpu_s"], 3
+                )
         if args.sweep:
             print(f"[{name}] sweep ...", flush=True)
             r["sweep"] = sweep(path, base, args.sweep_start, args.sweep_limit)
@@ -764,6 +866,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--baseline-seconds", type=float, default=5.0)
     bench.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run")
     bench.add_argument("--sweep", action="store_true", help="search the largest real-time S")
+    bench.add_argument(
+        "--backlog-streams", type=int, default=0,
+        help="also measure the daemons draining a pre-produced backlog of this many streams x --seconds",
+    )
     bench.add_argument("--sweep-start", type=int, default=125)
     bench.add_argument("--sweep-limit", type=int, default=4000)
     bench.add_argument("--quick", action="store_true", help="tiny settings for the CI smoke test")
