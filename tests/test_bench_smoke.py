@@ -55,3 +55,13 @@ def test_bench_e2e_tiny_on_real_broker(test_model: Path) -> None:
     assert r["chunk_ts_to_publish_ms"]["p50"] is not None
     assert r["rss_peak_mb"] > 0
     json.dumps(r)  # serialisable
+
+
+@pytest.mark.integration
+def test_bench_backlog_tiny_on_real_broker(test_model: Path) -> None:
+    cfg = bench.E2EConfig(streams=4, seconds=6.0, chunk_s=0.5, workers=1, partitions=2)
+    r = bench.measure_backlog(test_model, cfg, verbose=False)
+    assert r["sent_chunks"] == 4 * 12
+    assert r["received_windows"] >= r["expected_windows"] > 0  # the whole backlog came out
+    assert r["audio_s_per_s"] > 0 and r["audio_s_per_daemon_cpu_s"] > 0
+    json.dumps(r)
