@@ -109,7 +109,8 @@ def _ceiling_worker(
     voices = [voice(v) for v in range(N_VOICES)]
     n_chunks = max(1, round(seconds / chunk_s))
     start_ms = 1_760_000_000_000 + seed * 7919
-    step_records = Settings().step_max_records  # records per worker step, as the daemon takes them
+    # Records per worker step, as the daemon takes them from its queue.
+    step_records = Settings.model_fields["step_max_records"].default
     pending: list[np.ndarray] = []
     windows, infer_s = 0, 0.0
 
@@ -170,7 +171,7 @@ def measure_ceiling(
     seconds: float,
     chunk_s: float,
     workers: int,
-    max_batch: int = 64,
+    max_batch: int = Settings.model_fields["max_batch"].default,
     ort_threads: int = 1,
 ) -> dict[str, Any]:
     """Audio-seconds per wall-second of features + inference for ``streams`` streams."""
@@ -332,7 +333,7 @@ class E2EConfig:
     workers: int = 2
     warmup_s: float = 8.0
     partitions: int = 8
-    max_batch: int = 64
+    max_batch: int = Settings.model_fields["max_batch"].default
     max_wait_ms: float = 20.0
     redis_url: str = "redis://127.0.0.1:6379/0"
 
@@ -859,7 +860,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--chunk-s", type=float, default=0.5, help="seconds of audio per chunk")
     bench.add_argument("--workers", type=int, default=2, help="daemon processes in one consumer group")
     bench.add_argument("--partitions", type=int, default=8)
-    bench.add_argument("--max-batch", type=int, default=64)
+    bench.add_argument("--max-batch", type=int, default=Settings.model_fields["max_batch"].default)
     bench.add_argument("--max-wait-ms", type=float, default=20.0)
     bench.add_argument("--ceiling-streams", type=int, default=None, help="default: --streams")
     bench.add_argument("--ceiling-seconds", type=float, default=10.0, help="audio seconds per stream")

@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     # metrics on metrics_port + i). Processes, not threads: framing and publishing hold the GIL.
     workers: int = Field(1, ge=1, description="Daemon processes started by `streamgenre run` (one per core).")
     hop_s: float | None = Field(None, description="Seconds between windows; default: the sidecar's hop_s.")
-    max_batch: int = Field(64, description="Largest inference micro-batch.")
+    # 16, not more: on one core both models cost the same per window from batch 1 to 16, and the
+    # musicnn tagger runs at half speed at 64 (its activations no longer fit in cache).
+    max_batch: int = Field(16, ge=1, description="Largest inference micro-batch.")
     max_wait_ms: float = Field(20.0, description="Longest a complete window waits for its batch to fill.")
     step_max_records: int = Field(
         64, ge=1, description="Records the worker takes from its queue per step; their audio shares one FFT/mel pass."
