@@ -351,37 +351,17 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
     """Broker + ``cfg.workers`` daemon processes + real-time producer + output consumer."""
-    import redis
-    from kafka import KafkaConsumer, TopicPartition
 
-    from streamgenre.devbroker import DevBroker, ensure_topics
+    from streamgenre.devbroker import DevBroker
     from streamgenre.model import load_spec
 
     spec = load_spec(model_path)
     hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
-    run = uuid.uuid4().hex[:8]
-    redis_ok = False
-    with contextlib.suppress(Exception):
-        redis_ok = bool(redis.Redis.from_url(cfg.redis_url, socket_timeout=1).ping())
-    tmp = Path(tempfile.mkdtemp(prefix="sgbench-"))
+    run, tmp, redis_ok = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-")), _redis_answers(cfg)
     with DevBroker(log_path=tmp / "tansu.log") as broker:
-        settings = Settings(
-            bootstrap_servers=broker.bootstrap,
-            group_id=f"bench-{run}",
-            input_topic=f"bench-in-{run}",
-            output_topic=f"bench-out-{run}",
-            events_topic=f"bench-ev-{run}",
-            dlq_topic=f"bench-dlq-{run}",
-            model_path=model_path,
-        )
-        ensure_topics(settings, partitions=cfg.partitions)
+        settings = _run_settings(broker.bootstrap, run, model_path, cfg.partitions)
         daemons, base_port = _start_daemons(settings, cfg, run, tmp, redis_ok)
-        consumer = KafkaConsumer(
-            bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
-        )
-        parts = [TopicPartition(settings.output_topic, p) for p in range(cfg.partitions)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
+        consumer = _output_consumer(settings, cfg.partitions)
         # Wait until every worker has joined: a probe stream must come out the other end.
         _wait_group_ready(daemons, tmp, cfg.workers, base_port)
         idle_rss = sum(_rss_bytes(d.pid) for d in daemons)
@@ -417,10 +397,12 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
                     received.append((now, p["ts"], p["latency_ms"], m.timestamp, p["window_seq"]))
                     stream_ids.append(p["stream_id"])
             now = time.time()
-            if "start" not in cpu_mark and now >= measure_from:
-                cpu_mark["start"] = sum(_cpu_seconds(d.pid) for d in daemons)
-            if "end" not in cpu_mark and now >= measure_to:
-                cpu_mark["end"] = sum(_cpu_seconds(d.pid) for d in daemons)
+            for mark, at in (("start", measure_from), ("end", measure_to)):
+                if mark not in cpu_mark and now >= at:
+                    cpu_mark[mark] = sum(_cpu_seconds(d.pid) for d in daemons)
+                    # What shares the box with the daemons: the broker and the simulated producers.
+                    cpu_mark[f"broker_{mark}"] = _cpu_seconds(broker.process.pid) if broker.process else 0.0
+                    cpu_mark[f"producer_{mark}"] = _cpu_seconds(producer.pid) if producer.pid else 0.0
                 rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
             if now > measure_to + 2.0 and not producer.is_alive():
                 expected_total = _expected_windows(cfg, hop_s, spec)
@@ -464,26 +446,15 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
     The drain rate over the middle 80% of the windows (after the group has settled, before
     the tail) is the audio-seconds per second, i.e. real-time streams, the daemons sustain.
     """
-    import redis
-    from kafka import KafkaConsumer, TopicPartition
 
-    from streamgenre.devbroker import DevBroker, ensure_topics
+    from streamgenre.devbroker import DevBroker
     from streamgenre.model import load_spec
 
     spec = load_spec(model_path)
     hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
-    run = uuid.uuid4().hex[:8]
-    redis_ok = False
-    with contextlib.suppress(Exception):
-        redis_ok = bool(redis.Redis.from_url(cfg.redis_url, socket_timeout=1).ping())
-    tmp = Path(tempfile.mkdtemp(prefix="sgbench-"))
+    run, tmp, redis_ok = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-")), _redis_answers(cfg)
     with DevBroker(log_path=tmp / "tansu.log") as broker:
-        settings = Settings(
-            bootstrap_servers=broker.bootstrap, group_id=f"bench-{run}", input_topic=f"bench-in-{run}",
-            output_topic=f"bench-out-{run}", events_topic=f"bench-ev-{run}", dlq_topic=f"bench-dlq-{run}",
-            model_path=model_path,
-        )
-        ensure_topics(settings, partitions=cfg.partitions)
+        settings = _run_settings(broker.bootstrap, run, model_path, cfg.partitions)
         ctx = multiprocessing.get_context("spawn")
         report = ctx.Queue()
         # Due times in the past: every chunk is sent at once, stamped as if captured live.
@@ -497,10 +468,7 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
         sent = report.get(timeout=10)["sent"] if not report.empty() else 0
         expected = _expected_windows(E2EConfig(**{**cfg.__dict__, "warmup_s": 0.0}), hop_s, spec)
         daemons, _ = _start_daemons(settings, cfg, run, tmp, redis_ok)
-        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
-        parts = [TopicPartition(settings.output_topic, p) for p in range(cfg.partitions)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
+        consumer = _output_consumer(settings, cfg.partitions)
         received = 0
         marks: dict[str, tuple[float, float, int]] = {}  # name -> (wall, daemon CPU-s, windows)
         deadline = time.time() + 120 + cfg.streams * cfg.seconds / 200
@@ -527,6 +495,40 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
     if verbose:
         print(f"  backlog: {result}", flush=True)
     return result
+
+
+def _redis_answers(cfg: E2EConfig) -> bool:
+    import redis
+
+    with contextlib.suppress(Exception):
+        return bool(redis.Redis.from_url(cfg.redis_url, socket_timeout=1).ping())
+    return False
+
+
+def _run_settings(bootstrap: str, run: str, model_path: Path, partitions: int) -> Settings:
+    """Settings with topics and a group of this run's own, the topics created on the broker."""
+    from streamgenre.devbroker import ensure_topics
+
+    settings = Settings(
+        bootstrap_servers=bootstrap, group_id=f"bench-{run}", input_topic=f"bench-in-{run}",
+        output_topic=f"bench-out-{run}", events_topic=f"bench-ev-{run}", dlq_topic=f"bench-dlq-{run}",
+        model_path=model_path,
+    )
+    ensure_topics(settings, partitions=partitions)
+    return settings
+
+
+def _output_consumer(settings: Settings, partitions: int) -> Any:
+    """A consumer of the whole output topic from its start (no group: nothing to rebalance)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=20
+    )
+    parts = [TopicPartition(settings.output_topic, p) for p in range(partitions)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    return consumer
 
 
 def _start_daemons(
@@ -672,6 +674,10 @@ def _e2e_summary(
         "window_to_publish_ms": w,
         "chunk_ts_to_publish_ms": c,
         "daemon_cpu_s_per_s": round(cpu_span / span, 2) if cpu_span else None,
+        "broker_cpu_s_per_s": round((cpu_mark.get("broker_end", 0) - cpu_mark.get("broker_start", 0)) / span, 2),
+        "producer_cpu_s_per_s": round(
+            (cpu_mark.get("producer_end", 0) - cpu_mark.get("producer_start", 0)) / span, 2
+        ),
         # Robust to a shared machine: audio processed per CPU-second the daemon processes used.
         "audio_s_per_daemon_cpu_s": round(processed * span / cpu_span, 1) if cpu_span else None,
         "daemon_cpu_s_total": round(cpu_total, 1),
