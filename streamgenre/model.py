@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -52,6 +53,42 @@ class ModelSpec(BaseModel):
 
 def sidecar_path(model_path: Path) -> Path:
     return Path(model_path).with_suffix(".json")
+
+
+def build_sidecar(
+    recipe: FeatureRecipe,
+    labels: list[str],
+    hop_frames: int,
+    embedding_dim: int,
+    version: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON sidecar of a model, as training and conversion write it (:func:`load_spec` reads it).
+
+    Parameters
+    ----------
+    recipe : FeatureRecipe
+        Front end, including the normalisation estimated on the training set.
+    labels : list of str
+        Class names, index = class.
+    hop_frames : int
+        Hop between consecutive windows, in mel frames (``hop_s = hop_frames * hop_length / sr``).
+    embedding_dim : int
+        Width of the ``embedding`` output.
+    version : str
+        Model version recorded in outputs.
+    **extra
+        Further keys (architecture, training data, metrics, ...), stored as given.
+    """
+    return {
+        "version": version,
+        "labels": list(labels),
+        "window_s": recipe.window_samples / recipe.sample_rate,
+        "hop_s": hop_frames * recipe.hop_length / recipe.sample_rate,
+        "features": recipe.to_dict(),
+        "embedding_dim": embedding_dim,
+        **extra,
+    }
 
 
 def load_spec(model_path: Path) -> ModelSpec:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from streamgenre.features import FeatureRecipe
+from streamgenre.model import build_sidecar
 
 #: ONNX opset of exported models (the contract requires >= 17).
 OPSET = 18
@@ -128,42 +129,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def sidecar(
-    recipe: FeatureRecipe,
-    labels: list[str],
-    hop_frames: int,
-    embedding_dim: int,
-    version: str,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The JSON sidecar of a model (see ``streamgenre.model``).
-
-    Parameters
-    ----------
-    recipe : FeatureRecipe
-        Front end, including the normalisation estimated on the training set.
-    labels : list of str
-        Class names, index = class.
-    hop_frames : int
-        Hop between consecutive windows, in mel frames (``hop_s = hop_frames * hop_length / sr``).
-    embedding_dim : int
-        Width of the ``embedding`` output.
-    version : str
-        Model version recorded in outputs.
-    **extra
-        Further keys (architecture, training data, metrics, ...), stored as given.
-    """
-    return {
-        "version": version,
-        "labels": list(labels),
-        "window_s": recipe.window_samples / recipe.sample_rate,
-        "hop_s": hop_frames * recipe.hop_length / recipe.sample_rate,
-        "features": recipe.to_dict(),
-        "embedding_dim": embedding_dim,
-        **extra,
-    }
-
-
 def export_onnx(
     model: PaperCNN,
     recipe: FeatureRecipe,
@@ -219,7 +184,7 @@ def export_onnx(
             )
     finally:
         model.train(was_training)
-    meta = sidecar(
+    meta = build_sidecar(
         recipe,
         labels,
         hop_frames if hop_frames is not None else recipe.n_frames // 2,

@@ -45,6 +45,7 @@ from musicnn import configuration as musicnn_config
 from musicnn import models as musicnn_models
 from onnx import TensorProto, helper, numpy_helper
 
+from streamgenre.model import build_sidecar
 from training.data import GTZAN_GENRES, load_split
 from training.fit_head import (
     EXAMPLES_ROOT,
@@ -277,25 +278,20 @@ def throughput(model_path: Path, windows: np.ndarray, threads: int, batch: int =
 
 def sidecar(embedding_dim: int) -> dict[str, Any]:
     """The JSON sidecar of the shipped model (``model/genre_cnn.json``)."""
-    return {
-        "version": VERSION,
-        "labels": list(GTZAN_GENRES),
-        "window_s": RECIPE.window_samples / RECIPE.sample_rate,
-        "hop_s": HOP_FRAMES * RECIPE.hop_length / RECIPE.sample_rate,
-        "features": RECIPE.to_dict(),
-        "embedding_dim": embedding_dim,
-        "description": (
+    return build_sidecar(
+        RECIPE, list(GTZAN_GENRES), HOP_FRAMES, embedding_dim, VERSION,
+        description=(
             "musicnn taggers MSD_musicnn and MTT_musicnn (pretrained on the Million Song Dataset and "
             "MagnaTagATune, ISC licence), converted to ONNX, with a logistic-regression genre head on "
             "their 100 tag probabilities. Outputs: probs (10 genres), embedding (MSD then MTT "
             "penultimate layer, 200 + 200), msd_tags and mtt_tags (50 sigmoids each)."
         ),
-        "trained_on": (
+        trained_on=(
             "Taggers: musicnn's published checkpoints (not retrained). Head: gtzan-mini "
             "splits/mini_train.txt, 51 real GTZAN clips (non-overlapping 2.992 s windows). "
             "Not trained or evaluated on full GTZAN."
         ),
-    }
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
