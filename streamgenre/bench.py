@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -362,8 +363,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
         settings = _run_settings(broker.bootstrap, run, model_path, cfg.partitions)
         daemons, base_port = _start_daemons(settings, cfg, run, tmp, redis_ok)
         consumer = _output_consumer(settings, cfg.partitions)
-        # Wait until every worker has joined: a probe stream must come out the other end.
-        _wait_group_ready(daemons, tmp, cfg.workers, base_port)
+        _wait_group_ready(daemons, tmp, base_port, cfg.partitions)
         idle_rss = sum(_rss_bytes(d.pid) for d in daemons)
         ctx = multiprocessing.get_context("spawn")
         report = ctx.Queue()
@@ -597,26 +597,47 @@ def _expected_windows(cfg: E2EConfig, hop_s: float, spec: Any) -> int:
 
 
 def _wait_group_ready(
-    daemons: list[subprocess.Popen], tmp: Path, workers: int, base_port: int, timeout_s: float = 90.0
+    daemons: list[subprocess.Popen],
+    tmp: Path,
+    base_port: int,
+    partitions: int,
+    timeout_s: float = 90.0,
+    settle_s: float = 3.0,
 ) -> None:
-    """Every worker serves /readyz and the group has settled (a join takes a few seconds)."""
+    """Wait until the group owns every input partition and has stayed so for ``settle_s``.
+
+    Each worker reports ``streamgenre_assigned_partitions``; a fixed sleep after the last
+    /readyz was not enough on a cold machine, where a join can take longer than the measured
+    span and the run then counted no windows at all.
+    """
     import urllib.request
 
     deadline = time.monotonic() + timeout_s
-    for w in range(workers):
-        while True:
-            if daemons[w].poll() is not None:
+    settled_since: float | None = None
+    while True:
+        for w, daemon in enumerate(daemons):
+            if daemon.poll() is not None:
                 raise RuntimeError(f"daemon {w} exited: {(tmp / f'daemon-{w}.log').read_text()[-2000:]}")
-            with contextlib.suppress(Exception):
-                if (
-                    urllib.request.urlopen(f"http://127.0.0.1:{base_port + w}/readyz", timeout=1).status
-                    == 200
-                ):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("daemons not ready")
-            time.sleep(0.2)
-    time.sleep(6.0)  # group rebalance after the last join (session 6 s, heartbeat 1 s)
+        owned = []
+        for w in range(len(daemons)):
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{base_port + w}/metrics", timeout=1).read()
+            except OSError:
+                owned.append(-1)
+                continue
+            match = re.search(rb"^streamgenre_assigned_partitions ([0-9.e+]+)$", text, re.MULTILINE)
+            owned.append(int(float(match.group(1))) if match else -1)
+        now = time.monotonic()
+        # Every worker must hold a share (when there are enough partitions to go round).
+        if sum(owned) == partitions and min(owned) >= (1 if len(daemons) <= partitions else 0):
+            settled_since = settled_since or now
+            if now - settled_since >= settle_s:
+                return
+        else:
+            settled_since = None
+        if now > deadline:
+            raise RuntimeError(f"group not settled after {timeout_s:.0f} s: partitions owned per worker {owned}")
+        time.sleep(0.2)
 
 
 def _e2e_summary(

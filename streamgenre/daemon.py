@@ -254,11 +254,13 @@ class Daemon:
             self._committed.pop(partition, None)
         if self._paused:
             self._paused = False  # a new assignment starts unpaused
+        self.metrics.assigned_partitions.set(0)  # the eager protocol revokes everything we held
 
     def _on_assigned(self, partitions: set[int]) -> None:
         """Rebalance, step 2: positions come from the committed offsets; nothing else to do."""
         log.info("partitions assigned: %s", sorted(partitions))
         self.health.broker_ok = True
+        self.metrics.assigned_partitions.set(len(partitions))
 
     # -- worker thread -----------------------------------------------------------------------
     def _work(self) -> None:

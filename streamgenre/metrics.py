@@ -59,6 +59,8 @@ class Metrics:
             "streamgenre_consumer_lag", "Records behind the fetch high-water mark, per partition.",
             ["topic", "partition"], registry=r)
         self.queue_depth = Gauge("streamgenre_queue_depth", "Chunks waiting for the worker.", registry=r)
+        self.assigned_partitions = Gauge(
+            "streamgenre_assigned_partitions", "Input partitions this worker owns in the group.", registry=r)
         self.paused_partitions = Gauge(
             "streamgenre_paused_partitions", "Partitions paused by backpressure.", registry=r)
         self.ready = Gauge(
