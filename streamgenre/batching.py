@@ -20,29 +20,34 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self._pending: list[Window] = []
-        self._oldest = 0.0
+        self._added_at: list[float] = []
 
     def add(self, window: Window, now: float) -> None:
-        if not self._pending:
-            self._oldest = now
         self._pending.append(window)
+        self._added_at.append(now)
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def due(self, now: float) -> bool:
         return len(self._pending) >= self.max_batch or (
-            bool(self._pending) and now - self._oldest >= self.max_wait_s
+            bool(self._pending) and now - self._added_at[0] >= self.max_wait_s
         )
 
     def seconds_until_due(self, now: float) -> float | None:
         """How long the caller may block waiting for input; None when nothing is pending."""
         if not self._pending:
             return None
-        return max(0.0, self._oldest + self.max_wait_s - now)
+        if len(self._pending) >= self.max_batch:
+            return 0.0
+        return max(0.0, self._added_at[0] + self.max_wait_s - now)
 
-    def take(self, now: float) -> list[Window]:
-        """Remove and return up to ``max_batch`` windows, oldest first."""
-        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-        self._oldest = now
+    def take(self) -> list[Window]:
+        """Remove and return up to ``max_batch`` windows, oldest first.
+
+        Windows left behind keep the time they were added: their deadline does not move
+        because an earlier batch ran.
+        """
+        batch = self._pending[: self.max_batch]
+        del self._pending[: self.max_batch], self._added_at[: self.max_batch]
         return batch

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,64 +362,63 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
     run, tmp, redis_ok = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-")), _redis_answers(cfg)
     with DevBroker(log_path=tmp / "tansu.log") as broker:
         settings = _run_settings(broker.bootstrap, run, model_path, cfg.partitions)
-        daemons, base_port = _start_daemons(settings, cfg, run, tmp, redis_ok)
-        consumer = _output_consumer(settings, cfg.partitions)
-        _wait_group_ready(daemons, tmp, base_port, cfg.partitions)
-        idle_rss = sum(_rss_bytes(d.pid) for d in daemons)
-        ctx = multiprocessing.get_context("spawn")
-        report = ctx.Queue()
-        start_at = time.time() + 1.0
-        duration = cfg.warmup_s + cfg.seconds
-        producer = ctx.Process(
-            target=_producer_main,
-            args=(
-                broker.bootstrap,
-                settings.input_topic,
-                cfg.streams,
-                duration,
-                cfg.chunk_s,
-                start_at,
-                report,
-            ),
-        )
-        producer.start()
-        cpu0 = sum(_cpu_seconds(d.pid) for d in daemons)
-        received: list[tuple[float, int, float, int, int]] = []  # recv wall, ts, latency_ms, rec ts, seq
-        stream_ids: list[str] = []
-        deadline = start_at + duration + 15.0
-        rss_peak = 0
-        measure_from, measure_to = start_at + cfg.warmup_s, start_at + duration
-        cpu_mark: dict[str, float] = {}
-        while time.time() < deadline:
-            for batch in consumer.poll(timeout_ms=100, max_records=5000).values():
+        with _running_daemons(settings, cfg, run, tmp, redis_ok) as (daemons, base_port):
+            consumer = _output_consumer(settings, cfg.partitions)
+            _wait_group_ready(daemons, tmp, base_port, cfg.partitions)
+            idle_rss = sum(_rss_bytes(d.pid) for d in daemons)
+            ctx = multiprocessing.get_context("spawn")
+            report = ctx.Queue()
+            start_at = time.time() + 1.0
+            duration = cfg.warmup_s + cfg.seconds
+            producer = ctx.Process(
+                target=_producer_main,
+                args=(
+                    broker.bootstrap,
+                    settings.input_topic,
+                    cfg.streams,
+                    duration,
+                    cfg.chunk_s,
+                    start_at,
+                    report,
+                ),
+            )
+            producer.start()
+            cpu0 = sum(_cpu_seconds(d.pid) for d in daemons)
+            received: list[tuple[float, int, float, int, int]] = []  # recv wall, ts, latency_ms, rec ts, seq
+            stream_ids: list[str] = []
+            deadline = start_at + duration + 15.0
+            rss_peak = 0
+            measure_from, measure_to = start_at + cfg.warmup_s, start_at + duration
+            cpu_mark: dict[str, float] = {}
+            while time.time() < deadline:
+                for batch in consumer.poll(timeout_ms=100, max_records=5000).values():
+                    now = time.time()
+                    for m in batch:
+                        p = json.loads(m.value)
+                        received.append((now, p["ts"], p["latency_ms"], m.timestamp, p["window_seq"]))
+                        stream_ids.append(p["stream_id"])
                 now = time.time()
-                for m in batch:
-                    p = json.loads(m.value)
-                    received.append((now, p["ts"], p["latency_ms"], m.timestamp, p["window_seq"]))
-                    stream_ids.append(p["stream_id"])
-            now = time.time()
-            for mark, at in (("start", measure_from), ("end", measure_to)):
-                if mark not in cpu_mark and now >= at:
-                    cpu_mark[mark] = sum(_cpu_seconds(d.pid) for d in daemons)
-                    # What shares the box with the daemons: the broker and the simulated producers.
-                    cpu_mark[f"broker_{mark}"] = _cpu_seconds(broker.process.pid) if broker.process else 0.0
-                    cpu_mark[f"producer_{mark}"] = _cpu_seconds(producer.pid) if producer.pid else 0.0
-                rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
-            if now > measure_to + 2.0 and not producer.is_alive():
-                expected_total = _expected_windows(cfg, hop_s, spec)
-                if len(received) >= expected_total:
-                    break
-            if now < measure_to and int(now * 2) % 4 == 0:
-                rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
-        producer.join(30)
-        prod = (
-            report.get(timeout=10)
-            if not report.empty()
-            else {"sent": 0, "late_max_s": None, "offsets_ms": [], "chunk_ms": 1000 * cfg.chunk_s}
-        )
-        cpu1 = sum(_cpu_seconds(d.pid) for d in daemons)
-        _stop_daemons(daemons)
-        consumer.close()
+                for mark, at in (("start", measure_from), ("end", measure_to)):
+                    if mark not in cpu_mark and now >= at:
+                        cpu_mark[mark] = sum(_cpu_seconds(d.pid) for d in daemons)
+                        # What shares the box with the daemons: the broker and the simulated producers.
+                        cpu_mark[f"broker_{mark}"] = _cpu_seconds(broker.process.pid) if broker.process else 0.0
+                        cpu_mark[f"producer_{mark}"] = _cpu_seconds(producer.pid) if producer.pid else 0.0
+                    rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
+                if now > measure_to + 2.0 and not producer.is_alive():
+                    expected_total = _expected_windows(cfg, hop_s, spec)
+                    if len(received) >= expected_total:
+                        break
+                if now < measure_to and int(now * 2) % 4 == 0:
+                    rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
+            producer.join(30)
+            prod = (
+                report.get(timeout=10)
+                if not report.empty()
+                else {"sent": 0, "late_max_s": None, "offsets_ms": [], "chunk_ms": 1000 * cfg.chunk_s}
+            )
+            cpu1 = sum(_cpu_seconds(d.pid) for d in daemons)
+            consumer.close()
     _clean_redis(cfg, run, redis_ok)
     return _e2e_summary(
         cfg,
@@ -467,19 +467,18 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
         producer.join(600)
         sent = report.get(timeout=10)["sent"] if not report.empty() else 0
         expected = _expected_windows(E2EConfig(**{**cfg.__dict__, "warmup_s": 0.0}), hop_s, spec)
-        daemons, _ = _start_daemons(settings, cfg, run, tmp, redis_ok)
-        consumer = _output_consumer(settings, cfg.partitions)
-        received = 0
-        marks: dict[str, tuple[float, float, int]] = {}  # name -> (wall, daemon CPU-s, windows)
-        deadline = time.time() + 120 + cfg.streams * cfg.seconds / 200
-        while time.time() < deadline and received < expected:
-            received += sum(len(batch) for batch in consumer.poll(timeout_ms=100, max_records=5000).values())
-            for name, fraction in (("from", 0.1), ("to", 0.9)):
-                if name not in marks and received >= fraction * expected:
-                    marks[name] = (time.time(), sum(_cpu_seconds(d.pid) for d in daemons), received)
-        rss = sum(_rss_bytes(d.pid) for d in daemons)
-        _stop_daemons(daemons)
-        consumer.close()
+        with _running_daemons(settings, cfg, run, tmp, redis_ok) as (daemons, _):
+            consumer = _output_consumer(settings, cfg.partitions)
+            received = 0
+            marks: dict[str, tuple[float, float, int]] = {}  # name -> (wall, daemon CPU-s, windows)
+            deadline = time.time() + 120 + cfg.streams * cfg.seconds / 200
+            while time.time() < deadline and received < expected:
+                received += sum(len(batch) for batch in consumer.poll(timeout_ms=100, max_records=5000).values())
+                for name, fraction in (("from", 0.1), ("to", 0.9)):
+                    if name not in marks and received >= fraction * expected:
+                        marks[name] = (time.time(), sum(_cpu_seconds(d.pid) for d in daemons), received)
+            rss = sum(_rss_bytes(d.pid) for d in daemons)
+            consumer.close()
     _clean_redis(cfg, run, redis_ok)
     result: dict[str, Any] = {
         "streams": cfg.streams, "seconds": cfg.seconds, "workers": cfg.workers, "chunk_s": cfg.chunk_s,
@@ -577,6 +576,18 @@ def _stop_daemons(daemons: list[subprocess.Popen]) -> None:
             d.wait(15)
         except subprocess.TimeoutExpired:
             d.kill()
+
+
+@contextlib.contextmanager
+def _running_daemons(
+    settings: Settings, cfg: E2EConfig, run: str, tmp: Path, redis_ok: bool
+) -> Iterator[tuple[list[subprocess.Popen], int]]:
+    """:func:`_start_daemons`, stopped however the measurement ends (a failed run left them running)."""
+    daemons, base_port = _start_daemons(settings, cfg, run, tmp, redis_ok)
+    try:
+        yield daemons, base_port
+    finally:
+        _stop_daemons(daemons)
 
 
 def _clean_redis(cfg: E2EConfig, run: str, redis_ok: bool) -> None:

@@ -68,8 +68,9 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     # outright; turning SIGTERM into SystemExit lets the finally block stop it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     broker = DevBroker(port=args.port, storage=args.storage).start()
-    print(f"tansu broker listening on {broker.bootstrap} (storage {args.storage}); Ctrl-C stops it", flush=True)
     try:
+        # Inside the try: a SIGTERM right after this line is read must still stop tansu.
+        print(f"tansu broker listening on {broker.bootstrap} (storage {args.storage}); Ctrl-C stops it", flush=True)
         assert broker.process is not None
         broker.process.wait()
     except KeyboardInterrupt:

@@ -276,10 +276,9 @@ class Daemon:
                 barrier.ok, barrier.offsets = self._checkpoint()
                 pipeline.drop_partitions(barrier.drop)
                 barrier.done.set()
+            # Idle: nothing to wait for, so a partial batch need not wait out max_wait_ms.
+            pipeline.run_due_batches(flush=not records and barrier is None)
             now = time.monotonic()
-            idle = not records and barrier is None
-            if pipeline.batch_due(now) or (idle and len(pipeline.batcher)):
-                pipeline.run_batch()
             if now >= next_checkpoint:
                 pipeline.checkpoint()
                 next_checkpoint = now + CHECKPOINT_INTERVAL_S

@@ -156,14 +156,22 @@ class Pipeline:
         self.metrics.dlq_messages.labels(reason).inc()
 
     # -- inference and outputs ---------------------------------------------------------------
-    def batch_due(self, now: float) -> bool:
-        return self.batcher.due(now)
+    def run_due_batches(self, flush: bool = False) -> int:
+        """Run every batch that is due (full, or its oldest window has waited ``max_wait_ms``);
+        with ``flush`` the last partial one too. Returns the number of windows classified.
 
-    def run_batch(self) -> None:
+        The worker calls this after each step, so all due batches run before it takes more
+        input: running one batch per step let windows pile up behind the features of later
+        steps whenever a step completed more windows than a batch holds.
+        """
+        classified = 0
+        while len(self.batcher) and (flush or self.batcher.due(time.monotonic())):
+            classified += self._run_batch()
+        return classified
+
+    def _run_batch(self) -> int:
         """Infer one micro-batch and publish its predictions, events and Redis writes."""
-        windows = self.batcher.take(time.monotonic())
-        if not windows:
-            return
+        windows = self.batcher.take()
         started = time.perf_counter()
         probs, embeddings = self.model.predict(np.stack([w.logmel for w in windows]))
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
@@ -184,6 +192,7 @@ class Pipeline:
             self.metrics.window_latency.observe(done - window.completed_at)
             self.metrics.e2e_latency.observe(max(0.0, wall_now - window.chunk_ts_ms / 1000))
         self.metrics.windows.inc(len(windows))
+        return len(windows)
 
     def _publish(self, window: Window, probs: np.ndarray) -> dict[str, Any]:
         """Send a window's prediction (and a genre event if the smoothed genre changed); return it.
@@ -258,8 +267,7 @@ class Pipeline:
         broker's round trip once per checkpoint, which was the p99 of window → publish.
         """
         # Step 1.
-        while len(self.batcher):
-            self.run_batch()
+        self.run_due_batches(flush=True)
         # Steps 2 and 3.
         self._checkpoints.append((self.kafka.sent, self._safe_offsets()))
         self._forget_closed_streams()

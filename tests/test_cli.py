@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,18 @@ def test_broker_command_prints_its_address() -> None:
     finally:
         process.terminate()
         process.wait(30)  # the CLI waits up to 10 s for tansu to stop before killing it
+    assert _port_closes(port, within_s=15), "SIGTERM must stop the broker too, not only the CLI"
+
+
+def _port_closes(port: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @pytest.mark.integration

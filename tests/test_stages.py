@@ -149,4 +149,8 @@ def test_batcher_runs_when_full_or_due() -> None:
     batcher.add("w3", now=10.0)  # type: ignore[arg-type]
     batcher.add("w4", now=10.0)  # type: ignore[arg-type]
     assert batcher.due(10.0)
-    assert batcher.take(10.0) == ["w1", "w2", "w3"] and len(batcher) == 1
+    assert batcher.take() == ["w1", "w2", "w3"] and len(batcher) == 1
+    # The window left behind keeps its own deadline (added at 10.0, due at 10.1).
+    assert not batcher.due(10.05) and batcher.due(10.11)
+    batcher.add("w5", now=10.3)  # type: ignore[arg-type]
+    assert batcher.take() == ["w4", "w5"] and batcher.seconds_until_due(10.3) is None
