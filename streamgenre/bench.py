@@ -496,6 +496,60 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
     return result
 
 
+def measure_transport(cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
+    """The floor under the end-to-end run: what moving the chunks alone costs on this box.
+
+    The same real-time producer and broker as :func:`measure_e2e`, read by the daemon's own
+    :class:`~streamgenre.source.ChunkSource` in this process, which drops every record. What
+    the broker, the producer and the source cost here is spent before any audio is decoded;
+    on a 2-core box it bounds how many streams are left for the pipeline.
+    """
+    from streamgenre.devbroker import DevBroker
+    from streamgenre.source import ChunkSource
+
+    run, tmp = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-"))
+    with DevBroker(log_path=tmp / "tansu.log") as broker:
+        settings = _run_settings(broker.bootstrap, run, SHIPPED_MODEL, cfg.partitions)
+        source = ChunkSource(settings, on_revoked=lambda _: None, on_assigned=lambda _: None)
+        deadline = time.monotonic() + 60
+        while len(source.assigned()) < cfg.partitions and time.monotonic() < deadline:
+            source.poll(timeout_ms=100)
+        ctx = multiprocessing.get_context("spawn")
+        report = ctx.Queue()
+        start_at = time.time() + 1.0
+        producer = ctx.Process(
+            target=_producer_main,
+            args=(broker.bootstrap, settings.input_topic, cfg.streams, cfg.warmup_s + cfg.seconds, cfg.chunk_s,
+                  start_at, report),
+        )
+        producer.start()
+        measure_from, measure_to = start_at + cfg.warmup_s, start_at + cfg.warmup_s + cfg.seconds
+        records, marks = 0, {}
+        while time.time() < measure_to:
+            polled = len(source.poll(timeout_ms=100))
+            now = time.time()
+            if now >= measure_from:
+                if not marks:
+                    marks = {"source": time.process_time(), "broker": _cpu_seconds(broker.process.pid),
+                             "producer": _cpu_seconds(producer.pid), "wall": now}
+                else:
+                    records += polled
+        span = time.time() - marks["wall"]
+        result = {
+            "streams": cfg.streams,
+            "chunk_s": cfg.chunk_s,
+            "records_per_s": round(records / span, 1),
+            "source_cpu_s_per_s": round((time.process_time() - marks["source"]) / span, 3),
+            "broker_cpu_s_per_s": round((_cpu_seconds(broker.process.pid) - marks["broker"]) / span, 3),
+            "producer_cpu_s_per_s": round((_cpu_seconds(producer.pid) - marks["producer"]) / span, 3),
+        }
+        producer.join(30)
+        source.close()
+    if verbose:
+        print(f"  transport: {result}", flush=True)
+    return result
+
+
 def _redis_answers(cfg: E2EConfig) -> bool:
     import redis
 
@@ -798,6 +852,13 @@ def table(results: dict[str, Any]) -> str:
             f"| {e.get('rss_peak_mb', '-')} | {c.get('state_bytes_per_stream', '-')} "
             f"| {r.get('sweep', {}).get('max_streams', '-')} |"
         )
+    t = results.get("transport")
+    if t:
+        rows.append(
+            f"\ntransport floor at {t['streams']} streams ({t['records_per_s']} chunks/s, no processing): "
+            f"broker {t['broker_cpu_s_per_s']}, producer {t['producer_cpu_s_per_s']}, "
+            f"source {t['source_cpu_s_per_s']} CPU-s per s"
+        )
     return "\n".join(rows)
 
 
@@ -812,6 +873,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "options": {k: v for k, v in vars(args).items() if k != "handler"},
         "models": {},
     }
+    if not args.no_e2e:
+        print(f"transport floor, {args.streams} streams x {args.seconds} s ...", flush=True)
+        results["transport"] = measure_transport(
+            E2EConfig(streams=args.streams, seconds=args.seconds, chunk_s=args.chunk_s, warmup_s=args.warmup,
+                      partitions=args.partitions)
+        )
     for name, path in paths.items():
         streams = args.streams
         r: dict[str, Any] = {"path": str(path)}
