@@ -156,20 +156,18 @@ class Pipeline:
         self.metrics.dlq_messages.labels(reason).inc()
 
     # -- inference and outputs ---------------------------------------------------------------
-    def run_due_batches(self, flush: bool = False) -> int:
+    def run_due_batches(self, flush: bool = False) -> None:
         """Run every batch that is due (full, or its oldest window has waited ``max_wait_ms``);
-        with ``flush`` the last partial one too. Returns the number of windows classified.
+        with ``flush`` the last partial one too.
 
         The worker calls this after each step, so all due batches run before it takes more
         input: running one batch per step let windows pile up behind the features of later
         steps whenever a step completed more windows than a batch holds.
         """
-        classified = 0
         while len(self.batcher) and (flush or self.batcher.due(time.monotonic())):
-            classified += self._run_batch()
-        return classified
+            self._run_batch()
 
-    def _run_batch(self) -> int:
+    def _run_batch(self) -> None:
         """Infer one micro-batch and publish its predictions, events and Redis writes."""
         windows = self.batcher.take()
         started = time.perf_counter()
@@ -192,7 +190,6 @@ class Pipeline:
             self.metrics.window_latency.observe(done - window.completed_at)
             self.metrics.e2e_latency.observe(max(0.0, wall_now - window.chunk_ts_ms / 1000))
         self.metrics.windows.inc(len(windows))
-        return len(windows)
 
     def _publish(self, window: Window, probs: np.ndarray) -> dict[str, Any]:
         """Send a window's prediction (and a genre event if the smoothed genre changed); return it.
