@@ -785,22 +785,31 @@ def _e2e_summary(
     }
 
 
-def sweep(model_path: Path, base: E2EConfig, start: int, limit: int, verbose: bool = True) -> dict[str, Any]:
-    """Largest S sustained in real time with p99 window → publish ≤ 100 ms (doubling, then bisection)."""
+def sweep(
+    model_path: Path, base: E2EConfig, start: int, limit: int, repeats: int = 1, verbose: bool = True
+) -> dict[str, Any]:
+    """Largest S sustained in real time with p99 window → publish ≤ 100 ms (doubling, then bisection).
+
+    Each S is run ``repeats`` times and passes when most of its runs pass: near the line, single
+    runs of the same S pass or fail by the box's noise (a saturated 2-core box swings p99 by 5x).
+    """
     tried: list[dict[str, Any]] = []
 
     def ok(s: int) -> bool:
-        r = measure_e2e(model_path, E2EConfig(**{**base.__dict__, "streams": s}))
-        tried.append(r)
-        if verbose:
-            print(
-                f"  sweep S={s}: {r['audio_s_per_s']} audio-s/s, "
-                f"window p99 {r['window_to_publish_ms']['p99']} ms,"
-                f" chunk p99 {r['chunk_ts_to_publish_ms']['p99']} ms -> "
-                f"{'ok' if r['real_time'] and r['p99_window_ok'] else 'no'}",
-                flush=True,
-            )
-        return r["real_time"] and r["p99_window_ok"]
+        passed = 0
+        for _ in range(repeats):
+            r = measure_e2e(model_path, E2EConfig(**{**base.__dict__, "streams": s}))
+            tried.append(r)
+            passed += bool(r["real_time"] and r["p99_window_ok"])
+            if verbose:
+                print(
+                    f"  sweep S={s}: {r['audio_s_per_s']} audio-s/s, "
+                    f"window p99 {r['window_to_publish_ms']['p99']} ms,"
+                    f" chunk p99 {r['chunk_ts_to_publish_ms']['p99']} ms -> "
+                    f"{'ok' if r['real_time'] and r['p99_window_ok'] else 'no'}",
+                    flush=True,
+                )
+        return 2 * passed > repeats
 
     good, bad = 0, None
     s = start
@@ -817,7 +826,7 @@ def sweep(model_path: Path, base: E2EConfig, start: int, limit: int, verbose: bo
                 good = mid
             else:
                 bad = mid
-    return {"max_streams": good, "first_failure": bad, "runs": tried}
+    return {"max_streams": good, "first_failure": bad, "repeats": repeats, "runs": tried}
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -937,7 +946,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 )
         if args.sweep:
             print(f"[{name}] sweep ...", flush=True)
-            r["sweep"] = sweep(path, base, args.sweep_start, args.sweep_limit)
+            r["sweep"] = sweep(path, base, args.sweep_start, args.sweep_limit, args.sweep_repeats)
         results["models"][name] = r
     return results
 
@@ -986,6 +995,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--sweep-start", type=int, default=125)
     bench.add_argument("--sweep-limit", type=int, default=4000)
+    bench.add_argument(
+        "--sweep-repeats", type=int, default=1, help="runs per sweep step; a step passes when most of them pass"
+    )
     bench.add_argument("--quick", action="store_true", help="tiny settings for the CI smoke test")
     bench.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
     bench.set_defaults(handler=_cmd_bench)
