@@ -327,6 +327,19 @@ def _producer_main(
     )
 
 
+def _start_producer(
+    bootstrap: str, topic: str, streams: int, duration_s: float, chunk_s: float, start_at: float
+) -> tuple[Any, Any]:
+    """:func:`_producer_main` in a spawned process; returns it and the queue it reports on."""
+    ctx = multiprocessing.get_context("spawn")
+    report = ctx.Queue()
+    producer = ctx.Process(
+        target=_producer_main, args=(bootstrap, topic, streams, duration_s, chunk_s, start_at, report)
+    )
+    producer.start()
+    return producer, report
+
+
 @dataclass
 class E2EConfig:
     streams: int
@@ -366,23 +379,11 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             consumer = _output_consumer(settings, cfg.partitions)
             _wait_group_ready(daemons, tmp, base_port, cfg.partitions)
             idle_rss = sum(_rss_bytes(d.pid) for d in daemons)
-            ctx = multiprocessing.get_context("spawn")
-            report = ctx.Queue()
             start_at = time.time() + 1.0
             duration = cfg.warmup_s + cfg.seconds
-            producer = ctx.Process(
-                target=_producer_main,
-                args=(
-                    broker.bootstrap,
-                    settings.input_topic,
-                    cfg.streams,
-                    duration,
-                    cfg.chunk_s,
-                    start_at,
-                    report,
-                ),
+            producer, report = _start_producer(
+                broker.bootstrap, settings.input_topic, cfg.streams, duration, cfg.chunk_s, start_at
             )
-            producer.start()
             cpu0 = sum(_cpu_seconds(d.pid) for d in daemons)
             received: list[tuple[float, int, float, int, int]] = []  # recv wall, ts, latency_ms, rec ts, seq
             stream_ids: list[str] = []
@@ -406,7 +407,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
                         cpu_mark[f"broker_{mark}"] = _cpu_seconds(broker.process.pid) if broker.process else 0.0
                         cpu_mark[f"producer_{mark}"] = _cpu_seconds(producer.pid) if producer.pid else 0.0
                         cpu_mark[f"harness_{mark}"] = time.process_time()  # this process: the output consumer
-                    rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
+                        rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
                 if now > measure_to + 2.0 and not producer.is_alive():
                     expected_total = _expected_windows(cfg, hop_s, spec)
                     if len(received) >= expected_total:
@@ -458,15 +459,11 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
     run, tmp, redis_ok = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-")), _redis_answers(cfg)
     with DevBroker(log_path=tmp / "tansu.log") as broker:
         settings = _run_settings(broker.bootstrap, run, model_path, cfg.partitions)
-        ctx = multiprocessing.get_context("spawn")
-        report = ctx.Queue()
         # Due times in the past: every chunk is sent at once, stamped as if captured live.
-        producer = ctx.Process(
-            target=_producer_main,
-            args=(broker.bootstrap, settings.input_topic, cfg.streams, cfg.seconds, cfg.chunk_s,
-                  time.time() - cfg.seconds - 1.0, report),
+        producer, report = _start_producer(
+            broker.bootstrap, settings.input_topic, cfg.streams, cfg.seconds, cfg.chunk_s,
+            time.time() - cfg.seconds - 1.0,
         )
-        producer.start()
         producer.join(600)
         sent = report.get(timeout=10)["sent"] if not report.empty() else 0
         expected = _expected_windows(E2EConfig(**{**cfg.__dict__, "warmup_s": 0.0}), hop_s, spec)
@@ -525,15 +522,10 @@ def measure_transport(cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
         deadline = time.monotonic() + 60
         while len(source.assigned()) < cfg.partitions and time.monotonic() < deadline:
             source.poll(timeout_ms=100)
-        ctx = multiprocessing.get_context("spawn")
-        report = ctx.Queue()
         start_at = time.time() + 1.0
-        producer = ctx.Process(
-            target=_producer_main,
-            args=(broker.bootstrap, settings.input_topic, cfg.streams, cfg.warmup_s + cfg.seconds, cfg.chunk_s,
-                  start_at, report),
+        producer, _ = _start_producer(
+            broker.bootstrap, settings.input_topic, cfg.streams, cfg.warmup_s + cfg.seconds, cfg.chunk_s, start_at
         )
-        producer.start()
         measure_from, measure_to = start_at + cfg.warmup_s, start_at + cfg.warmup_s + cfg.seconds
         records, marks = 0, {}
         while time.time() < measure_to:
