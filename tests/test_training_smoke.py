@@ -16,13 +16,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from streamgenre.features import FeatureRecipe
+from streamgenre.features import FeatureRecipe, window_input
 from training import augment
 from training.cnn import build_model, build_random_onnx, export_onnx
-from training.data import load_split
+from training.data import cached_log_mel, load_split
+from training.distill import aligned_teacher_starts, teacher_targets
 from training.evaluate import OnnxGenreModel, evaluate_onnx
 from training.evaluate import main as evaluate_main
-from training.train import TrainConfig, run_protocol
+from training.train import DistillSampler, TrainConfig, run_protocol
 from training.train import main as train_main
 
 SR = 22050
@@ -107,6 +108,67 @@ def test_one_epoch_exports_a_model_with_the_contract(trained: tuple[Path, Path, 
     assert set(metrics["random"]) == {"paper_cnn", "baseline_mel_mfcc_logreg"}
     assert (out / "report" / "report.md").read_text().count("paper_cnn") >= 2
     assert (out / "confusion.png").stat().st_size > 0 and (out / "training_curve.png").stat().st_size > 0
+
+
+# A student front end unlike the teacher's (rate, hop, bands, window length), as the paper CNN's
+# is unlike the shipped tagger's, so that the windows have to be aligned in time.
+STUDENT = FeatureRecipe(sample_rate=16000, n_fft=512, hop_length=128, n_mels=32, n_frames=40)
+
+
+def test_teacher_labels_the_student_windows_at_the_same_instants(trained: tuple[Path, Path, dict]) -> None:
+    out, root, _summary = trained
+    teacher = OnnxGenreModel.load(out / "genre_cnn.onnx")
+    # Student frame 16 is 16 * 128 / 16000 = 0.128 s, teacher frame 0.128 * 22050 / 256 = 11.03.
+    np.testing.assert_array_equal(aligned_teacher_starts([0, 16, 32], STUDENT, teacher.recipe), [0, 11, 22])
+
+    clip = load_split(root, "random")["train"][0]
+    teacher_frames = cached_log_mel(clip.path, teacher.recipe, out / "cache")
+    n_student = cached_log_mel(clip.path, STUDENT, out / "cache").shape[1]
+    labels = ["noise", "low", "high"]
+    targets = teacher_targets(teacher, teacher_frames, n_student, STUDENT, 16, labels)
+
+    n_windows = len(range(0, n_student - STUDENT.n_frames + 1, 16))
+    assert 0 < len(targets) <= n_windows
+    starts = aligned_teacher_starts(range(0, 16 * len(targets), 16), STUDENT, teacher.recipe)
+    expected, _ = teacher.run(np.stack([window_input(teacher_frames[:, s : s + 32], teacher.recipe) for s in starts]))
+    columns = [teacher.labels.index(label) for label in labels]
+    np.testing.assert_allclose(targets, expected[:, columns], atol=1e-6)
+    with pytest.raises(ValueError, match="no output for"):
+        teacher_targets(teacher, teacher_frames, n_student, STUDENT, 16, ["low", "jazz"])
+
+
+def test_distill_sampler_mixes_teacher_and_label() -> None:
+    frames = [[np.zeros((32, 100), np.float32), np.ones((32, 60), np.float32)]]
+    probs = [[np.array([[0.2, 0.8], [0.6, 0.4]], np.float32), np.zeros((0, 2), np.float32)]]
+    config = TrainConfig(windows_per_clip=20, hop_frames=16, teacher_weight=0.5, max_gain_db=0.0)
+    sampler = DistillSampler(frames, np.array([0]), probs, STUDENT, config, n_classes=2)
+    inputs, targets = sampler.epoch(np.random.default_rng(0))
+    assert inputs.shape == (20, 1, 32, 40)
+    # The second version has no labelled window, so it is never drawn (its frames are ones).
+    assert (inputs == 0.0).all() and len(sampler.versions[0]) == 1
+    np.testing.assert_allclose(np.unique(targets.round(3), axis=0), [[0.6, 0.4], [0.8, 0.2]], atol=1e-6)
+
+
+def test_distillation_exports_and_reports_a_student(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    out, root, _summary = trained
+    config = TrainConfig(
+        epochs=1, variants=1, windows_per_clip=4, hop_frames=16, threads=1, batch_size=16, benchmark_seconds=0.2
+    )
+    summary = run_protocol(
+        root,
+        "random",
+        tmp_path,
+        config,
+        report_dir=tmp_path / "report",
+        cache_dir=out / "cache",
+        recipe=STUDENT,
+        teacher=out / "genre_cnn.onnx",
+    )
+    assert summary["teacher"]["path"] == str(out / "genre_cnn.onnx")
+    meta = json.loads((tmp_path / "genre_cnn.json").read_text())
+    assert meta["version"].startswith("distilled-cnn-random-") and meta["features"]["sample_rate"] == 16000
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(metrics["random"]) == {"distilled_cnn", "baseline_mel_mfcc_logreg"}
 
 
 def test_pytorch_and_onnxruntime_agree_at_any_batch_size(tmp_path: Path) -> None:

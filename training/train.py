@@ -12,7 +12,10 @@ For each protocol, in order:
 3. Estimate the per-mel mean/std on the training windows; they become the recipe's ``mean`` and
    ``std``, so the daemon normalises exactly as training did.
 4. Train with Adam + cross-entropy on randomly placed windows (random gain, SpecAugment, mixup),
-   early stopping on validation window accuracy, fixed seeds; keep the best epoch.
+   early stopping on validation window accuracy, fixed seeds; keep the best epoch. With
+   ``--teacher MODEL`` the targets are mostly that model's probabilities on the same audio,
+   original and variants alike (distillation, :mod:`training.distill`), and the result is
+   reported as ``distilled_cnn``.
 5. Export ``<out>/<protocol>/genre_cnn.onnx`` + sidecar, check PyTorch vs onnxruntime, measure
    windows/s on one core at batch 64.
 6. Evaluate the exported ONNX (:func:`training.evaluate.evaluate_onnx`) and the baseline
@@ -50,6 +53,7 @@ from training.cnn import benchmark_onnx, build_model, count_parameters, default_
 from training.data import (
     DEFAULT_CACHE,
     PROTOCOLS,
+    Clip,
     DatasetNotFoundError,
     cached_log_mel,
     drop_unreadable,
@@ -59,7 +63,15 @@ from training.data import (
     window_starts,
     windows_from_frames,
 )
-from training.evaluate import DEFAULT_DATA, DEFAULT_REPORT, evaluate_onnx, plot_confusion, write_report
+from training.distill import teacher_targets
+from training.evaluate import (
+    DEFAULT_DATA,
+    DEFAULT_REPORT,
+    OnnxGenreModel,
+    evaluate_onnx,
+    plot_confusion,
+    write_report,
+)
 
 #: Training facts copied into the report next to the CNN's scores.
 REPORTED_TRAINING_KEYS = (
@@ -105,6 +117,9 @@ class TrainConfig:
         Fraction of training clips held out when the protocol has no validation list.
     time_budget_min : float or None
         Stop training (keeping the best epoch) once this many minutes have passed.
+    teacher_weight : float
+        With a teacher (distillation), the target of a window is ``teacher_weight`` times the
+        teacher's probabilities plus the rest times the clip's one-hot label.
     seed : int
     threads : int
         Torch threads and feature-extraction processes.
@@ -125,6 +140,7 @@ class TrainConfig:
     max_gain_db: float = 6.0
     valid_fraction: float = 0.2
     time_budget_min: float | None = None
+    teacher_weight: float = 0.7
     seed: int = 0
     threads: int = 2
     benchmark_seconds: float = 3.0
@@ -194,6 +210,7 @@ class WindowSampler:
     recipe : FeatureRecipe
         Normalised recipe; windows go through :func:`streamgenre.features.window_input`.
     config : TrainConfig
+    n_classes : int
     """
 
     def __init__(
@@ -202,30 +219,74 @@ class WindowSampler:
         targets: np.ndarray,
         recipe: FeatureRecipe,
         config: TrainConfig,
+        n_classes: int,
     ) -> None:
         # A variant shorter than one window (e.g. a fast time-stretch of a short clip) is unusable.
         self.versions = [[f for f in vs if f.shape[1] >= recipe.n_frames] for vs in versions]
-        keep = [i for i, vs in enumerate(self.versions) if vs]
-        self.versions = [self.versions[i] for i in keep]
-        self.targets = np.asarray(targets)[keep]
+        self.keep = [i for i, vs in enumerate(self.versions) if vs]
+        self.versions = [self.versions[i] for i in self.keep]
+        self.one_hot = np.eye(n_classes, dtype=np.float32)[np.asarray(targets)[self.keep]]
         self.recipe = recipe
         self.config = config
 
+    def draw(self, clip: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One window of training clip ``clip``: ``(frames (n_mels, n_frames), target distribution)``."""
+        frames = self.versions[clip][int(rng.integers(len(self.versions[clip])))]
+        start = int(rng.integers(0, frames.shape[1] - self.recipe.n_frames + 1))
+        return frames[:, start : start + self.recipe.n_frames], self.one_hot[clip]
+
     def epoch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``(inputs [W, 1, n_mels, n_frames], targets [W])`` of one shuffled epoch."""
+        """``(inputs [W, 1, n_mels, n_frames], target distributions [W, n_classes])``, shuffled."""
         n = self.config.windows_per_clip
         inputs, targets = [], []
-        for versions, target in zip(self.versions, self.targets, strict=True):
+        for clip in range(len(self.versions)):
             gains = gain_db(rng, n, self.config.max_gain_db) if self.config.max_gain_db else np.zeros(n)
             for gain in gains:
-                frames = versions[int(rng.integers(len(versions)))]
-                start = int(rng.integers(0, frames.shape[1] - self.recipe.n_frames + 1))
-                inputs.append(
-                    window_input(frames[:, start : start + self.recipe.n_frames] + gain, self.recipe)
-                )
+                frames, target = self.draw(clip, rng)
+                inputs.append(window_input(frames + gain, self.recipe))
                 targets.append(target)
         order = rng.permutation(len(inputs))
-        return np.stack(inputs)[order], np.asarray(targets)[order]
+        return np.stack(inputs)[order], np.stack(targets)[order]
+
+
+class DistillSampler(WindowSampler):
+    """A :class:`WindowSampler` whose windows sit on the teacher-labelled grid.
+
+    Parameters
+    ----------
+    teacher_probs : list of list of np.ndarray
+        Parallel to ``versions``: per clip and version, the teacher's probabilities of the
+        windows starting every ``config.hop_frames`` frames (:func:`training.distill.teacher_targets`).
+    versions, targets, recipe, config, n_classes :
+        As for :class:`WindowSampler`. A window's target is ``config.teacher_weight`` times the
+        teacher's probabilities plus the rest times the clip's one-hot label.
+    """
+
+    def __init__(
+        self,
+        versions: list[list[np.ndarray]],
+        targets: np.ndarray,
+        teacher_probs: list[list[np.ndarray]],
+        recipe: FeatureRecipe,
+        config: TrainConfig,
+        n_classes: int,
+    ) -> None:
+        # Versions without a labelled window are dropped with the clip filter of the base class.
+        versions = [
+            [f for f, p in zip(vs, ps, strict=True) if len(p)] for vs, ps in zip(versions, teacher_probs, strict=True)
+        ]
+        super().__init__(versions, targets, recipe, config, n_classes)
+        labelled = [[p for p in ps if len(p)] for ps in teacher_probs]
+        self.teacher_probs = [labelled[i] for i in self.keep]
+
+    def draw(self, clip: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        version = int(rng.integers(len(self.versions[clip])))
+        probs = self.teacher_probs[clip][version]
+        position = int(rng.integers(len(probs)))
+        start = position * self.config.hop_frames
+        weight = self.config.teacher_weight
+        target = weight * probs[position] + (1.0 - weight) * self.one_hot[clip]
+        return self.versions[clip][version][:, start : start + self.recipe.n_frames], target
 
 
 @dataclass
@@ -284,7 +345,8 @@ def train_model(
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Train a fresh :class:`training.cnn.PaperCNN`; return the best-validation model and history.
 
-    Loss is the cross-entropy against (mixup-softened) one-hot targets; Adam; the learning rate
+    Loss is the cross-entropy against the sampler's target distributions (one-hot labels, or
+    teacher probabilities when distilling), mixup-softened; Adam; the learning rate
     halves after ``patience // 2`` epochs without improvement; training stops after ``patience``
     such epochs, at ``config.epochs``, or when ``config.time_budget_min`` is spent.
     """
@@ -296,7 +358,6 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimiser, mode="max", factor=0.5, patience=max(1, config.patience // 2)
     )
-    eye = np.eye(n_classes, dtype=np.float32)
     best: tuple[float, float] = (-1.0, 0.0)
     best_state: dict[str, torch.Tensor] = {}
     history: list[dict[str, float]] = []
@@ -307,7 +368,7 @@ def train_model(
         losses = []
         batches = range(0, len(inputs), config.batch_size)
         for b in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False):
-            x, y = inputs[b : b + config.batch_size].copy(), eye[targets[b : b + config.batch_size]]
+            x, y = inputs[b : b + config.batch_size].copy(), targets[b : b + config.batch_size]
             if config.spec_augment:
                 x = spec_augment(x, rng)
             x, y = mixup(x, y, rng, config.mixup_alpha)
@@ -386,6 +447,40 @@ def onnx_parity(model: nn.Module, onnx_path: Path, windows: np.ndarray) -> dict[
     }
 
 
+def label_with_teacher(
+    teacher_path: Path,
+    train: Sequence[Clip],
+    specs: Sequence[tuple[Clip, WaveformAugmentation]],
+    versions: list[list[np.ndarray]],
+    labels: list[str],
+    recipe: FeatureRecipe,
+    config: TrainConfig,
+    cache_dir: Path | None,
+) -> list[list[np.ndarray]]:
+    """Teacher probabilities for every student window of every version of every training clip.
+
+    ``versions[i]`` holds clip ``train[i]``'s original then its variants in ``specs`` order; the
+    teacher sees the same waveforms (same augmentation chains) through its own front end.
+    Returns the parallel structure of :func:`training.distill.teacher_targets` arrays.
+    """
+    teacher = OnnxGenreModel.load(teacher_path, threads=config.threads)
+    jobs = [(c.path, None) for c in train] + [(c.path, spec) for c, spec in specs]
+    teacher_frames = compute_frames(jobs, teacher.recipe, cache_dir, config.threads, desc="teacher features")
+    position = {c.clip_id: i for i, c in enumerate(train)}
+    frames_by_clip: list[list[np.ndarray]] = [[f] for f in teacher_frames[: len(train)]]
+    for (clip, _spec), frames in zip(specs, teacher_frames[len(train) :], strict=True):
+        frames_by_clip[position[clip.clip_id]].append(frames)
+    return [
+        [
+            teacher_targets(teacher, t, s.shape[1], recipe, config.hop_frames, labels)
+            for t, s in zip(teacher_version, student_versions, strict=True)
+        ]
+        for teacher_version, student_versions in tqdm(
+            zip(frames_by_clip, versions, strict=True), total=len(train), desc="teacher labels", unit="clip"
+        )
+    ]
+
+
 def run_protocol(
     data: Path,
     protocol: str,
@@ -394,6 +489,7 @@ def run_protocol(
     report_dir: Path | None = DEFAULT_REPORT,
     cache_dir: Path | None = DEFAULT_CACHE,
     recipe: FeatureRecipe | None = None,
+    teacher: Path | None = None,
 ) -> dict[str, Any]:
     """Train, export, check and evaluate the paper CNN on one protocol (see the module docstring).
 
@@ -413,6 +509,8 @@ def run_protocol(
         Feature cache.
     recipe : FeatureRecipe, optional
         Front end (default :func:`training.cnn.default_recipe`); mean/std are re-estimated.
+    teacher : Path, optional
+        An ONNX model with the serving contract to distil (e.g. ``model/genre_cnn.onnx``).
 
     Returns
     -------
@@ -461,13 +559,19 @@ def run_protocol(
     position = {c.clip_id: i for i, c in enumerate(train)}
     for (clip, _spec), frames in zip(specs, variant_frames, strict=True):
         versions[position[clip.clip_id]].append(frames)
+    teacher_probs = None
+    if teacher is not None:
+        teacher_probs = label_with_teacher(teacher, train, specs, versions, labels, recipe, config, cache_dir)
     t_features = time.perf_counter() - t_start
 
     # Step 3: normalisation from the original training windows only (augmented ones are not the
     # distribution the daemon sees).
     recipe = fit_normaliser(train_frames, recipe, config.hop_frames)
     train_targets = np.array([index[c.genre] for c in train])
-    sampler = WindowSampler(versions, train_targets, recipe, config)
+    if teacher_probs is None:
+        sampler = WindowSampler(versions, train_targets, recipe, config, len(labels))
+    else:
+        sampler = DistillSampler(versions, train_targets, teacher_probs, recipe, config, len(labels))
     valid = ValidationSet.build(
         valid_frames, [index[c.genre] for c in valid_clips], recipe, config.hop_frames
     )
@@ -492,7 +596,11 @@ def run_protocol(
         "train_seconds": round(t_train, 1),
         "torch_threads": config.threads,
     }
-    version = f"paper-cnn-{protocol}-{datetime.now(UTC).strftime('%Y%m%d%H%M')}"
+    name = "paper_cnn"
+    if teacher is not None:
+        name = "distilled_cnn"
+        summary["teacher"] = {"path": str(teacher), "version": OnnxGenreModel.load(teacher).meta.get("version")}
+    version = f"{name.replace('_', '-')}-{protocol}-{datetime.now(UTC).strftime('%Y%m%d%H%M')}"
     export_onnx(
         model,
         recipe,
@@ -519,7 +627,7 @@ def run_protocol(
         f"wall clock, {rate['cpu']:.0f} per CPU-second",
         flush=True,
     )
-    plot_history(history, out_dir / "training_curve.png", f"paper CNN, {protocol} protocol")
+    plot_history(history, out_dir / "training_curve.png", f"{name}, {protocol} protocol")
 
     # Step 6.
     cnn_result = evaluate_onnx(onnx_path, test, cache_dir)
@@ -537,22 +645,22 @@ def run_protocol(
     plot_confusion(
         cnn_result["confusion"],
         labels,
-        f"paper CNN, {protocol} test: clip accuracy {cnn_result['clip_accuracy']:.1%}",
+        f"{name}, {protocol} test: clip accuracy {cnn_result['clip_accuracy']:.1%}",
         out_dir / "confusion.png",
     )
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
     summary["history"] = history
     (out_dir / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
-    for name, result in (("paper_cnn", cnn_result), (baseline.NAME, base_result)):
+    for model_name, result in ((name, cnn_result), (baseline.NAME, base_result)):
         print(
-            f"{name}: test window acc {result['window_accuracy']:.3f}, clip acc {result['clip_accuracy']:.3f}"
+            f"{model_name}: test window acc {result['window_accuracy']:.3f}, clip acc {result['clip_accuracy']:.3f}"
         )
         print(result["report_text"])
     if report_dir is not None:
         cnn_entry = {**cnn_result, "training": {k: summary[k] for k in REPORTED_TRAINING_KEYS}}
         context = {k: summary[k] for k in ("data", "split_sizes")}
-        write_report(report_dir, protocol, {"paper_cnn": cnn_entry, baseline.NAME: base_result}, **context)
-    return {**summary, "test": {"paper_cnn": cnn_result, baseline.NAME: base_result}}
+        write_report(report_dir, protocol, {name: cnn_entry, baseline.NAME: base_result}, **context)
+    return {**summary, "test": {name: cnn_result, baseline.NAME: base_result}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -570,6 +678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-report", action="store_true", help="write only to OUT")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="feature cache folder")
+    parser.add_argument(
+        "--teacher", type=Path, default=None, help="distil this ONNX model (e.g. model/genre_cnn.onnx)"
+    )
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
@@ -587,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config,
                 None if args.no_report else args.report,
                 args.cache,
+                teacher=args.teacher,
             )
     except DatasetNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
