@@ -833,16 +833,21 @@ def sweep(
 def machine_info() -> dict[str, Any]:
     import onnxruntime
 
-    cpu = ""
+    # A VM's "model name" can be as vague as "AMD EPYC" while the host generation under it
+    # changes between sessions (AVX2-only one day, AVX-512 + VNNI the next, 2x apart for the
+    # models); family/model and the vector extensions say which machine a figure comes from.
+    cpuinfo: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            cpuinfo.setdefault(key.strip(), value.strip())
+    vector_flags = [f for f in cpuinfo.get("flags", "").split() if f.startswith(("avx", "fma")) or "vnni" in f]
     return {
         "nproc": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
+        "cpu": cpuinfo.get("model name", ""),
+        "cpu_family_model": f"{cpuinfo.get('cpu family', '?')}/{cpuinfo.get('model', '?')}",
+        "cpu_vector_flags": vector_flags,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "onnxruntime": onnxruntime.__version__,
