@@ -49,3 +49,32 @@ def test_mini_test_accuracy_matches_report() -> None:
     assert measured["n_clips"] == reported["n_clips"]
     assert abs(measured["clip_accuracy"] - reported["clip_accuracy"]) <= 0.005
     assert abs(measured["window_accuracy"] - reported["window_accuracy"]) <= 0.005
+
+
+STUDENT = REPO / "model" / "student" / "genre_cnn.onnx"
+
+
+def test_student_serves_with_the_shipped_labels() -> None:
+    """The distilled student (``make student``) is a drop-in model: same genres, contract outputs."""
+    from streamgenre.model import GenreModel
+
+    student, teacher = GenreModel(STUDENT), json.loads(MODEL.with_suffix(".json").read_text())
+    assert student.labels == teacher["labels"]
+    recipe = student.recipe
+    x = np.random.default_rng(0).standard_normal((3, 1, recipe.n_mels, recipe.n_frames)).astype(np.float32)
+    probs, embedding = student.predict(x)
+    assert probs.shape == (3, 10) and embedding.shape == (3, 128)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.skipif(not MINI.is_dir(), reason="../shared/data/gtzan-mini is not on this machine")
+def test_student_mini_test_accuracy_matches_report() -> None:
+    from training.data import load_split
+    from training.evaluate import evaluate_onnx
+
+    reported = json.loads((REPO / "model" / "report" / "metrics.json").read_text())["mini"]["distilled_cnn"]
+    assert reported["version"] == json.loads(STUDENT.with_suffix(".json").read_text())["version"]
+    measured = evaluate_onnx(STUDENT, load_split(MINI, "mini")["test"], cache_dir=None, progress=False)
+    assert measured["n_clips"] == reported["n_clips"]
+    assert abs(measured["clip_accuracy"] - reported["clip_accuracy"]) <= 0.005
+    assert abs(measured["window_accuracy"] - reported["window_accuracy"]) <= 0.005
