@@ -19,8 +19,9 @@ Three measurements per model, in one run, so that they share the machine's state
   the whole window and a batch-1 inference with the same model.
 
 Models: ``cnn`` is a randomly initialised paper CNN (``training.cnn.build_random_onnx``) — its
-cost matters here, not its weights; ``shipped`` is ``model/genre_cnn.onnx``. torch is imported
-only to build the benchmark CNN, never by the daemon.
+cost matters here, not its weights; ``shipped`` is ``model/genre_cnn.onnx`` (or ``--model-path``);
+``student`` is ``model/student/genre_cnn.onnx``, the tagger distilled into the paper CNN's
+size. torch is imported only to build the benchmark CNN, never by the daemon.
 
 ``--sweep`` searches the largest S that the end-to-end run sustains in real time with p99
 window → publish ≤ 100 ms. Results go to ``benchmarks/results/<timestamp>.json``.
@@ -75,15 +76,20 @@ def build_bench_cnn(directory: Path) -> Path:
     return path
 
 
+#: The shipped tagger distilled into the paper-sized CNN (``make student``), served on request.
+STUDENT_MODEL = SHIPPED_MODEL.parent / "student" / "genre_cnn.onnx"
+
+
 def model_paths(which: str, workdir: Path, shipped: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     if which in ("cnn", "both"):
         paths["cnn"] = build_bench_cnn(workdir)
-    if which in ("shipped", "both"):
-        if shipped.is_file():
-            paths["shipped"] = shipped
-        else:
-            print(f"bench: no shipped model at {shipped}; skipped", file=sys.stderr)
+    for name, path in (("shipped", shipped), ("student", STUDENT_MODEL)):
+        if which == name or (which == "both" and name == "shipped"):
+            if path.is_file():
+                paths[name] = path
+            else:
+                print(f"bench: no {name} model at {path}; skipped", file=sys.stderr)
     return paths
 
 
@@ -979,7 +985,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench", help="benchmark: compute ceiling, end to end on the real broker, paper baseline"
     )
-    bench.add_argument("--model", choices=["cnn", "shipped", "both"], default="both")
+    bench.add_argument("--model", choices=["cnn", "shipped", "student", "both"], default="both")
     bench.add_argument("--model-path", default=None, help="shipped model (default: model/genre_cnn.onnx)")
     bench.add_argument("--streams", type=int, default=500, help="concurrent streams of the end-to-end run")
     bench.add_argument("--seconds", type=float, default=30.0, help="measured seconds of the end-to-end run")

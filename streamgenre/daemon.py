@@ -16,6 +16,7 @@ worker reaches it, everything before it has been processed, published and flushe
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import signal
@@ -125,6 +126,11 @@ class Daemon:
         self.pipeline = Pipeline(s, self.model, self.kafka, self.redis, self.metrics, self.catalog)
         self.pipeline.warm_up()
         self.source = self._connect_source()
+        # Nearly everything allocated so far (libraries, model, warm-up caches) lives as long as
+        # the process. Left in the collector's generations, every full collection walks all of
+        # it: 75-130 ms per worker, stalling each window in flight (p99 window -> publish over
+        # 200 ms at 500 streams in runs that caught one). Frozen objects are never scanned again.
+        gc.freeze()
         self._worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self._worker.start()
         log.info("model %s, window %.2fs every %.2fs; consuming %s as group %s",

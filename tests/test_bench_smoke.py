@@ -41,8 +41,13 @@ def test_bench_quick_without_e2e_writes_json(
         assert r["ceiling"]["state_bytes_per_stream"] > 0
         assert r["baseline"]["windows"] > 0
         assert r["ours_over_baseline"] > 0
-    assert result["machine"]["nproc"] >= 1
+    assert result["machine"]["nproc"] >= 1 and "cpu_vector_flags" in result["machine"]
     assert "| cnn |" in capsys.readouterr().out
+
+
+def test_bench_model_choices_name_their_files(tmp_path: Path) -> None:
+    assert bench.model_paths("student", tmp_path, tmp_path / "absent.onnx") == {"student": bench.STUDENT_MODEL}
+    assert bench.model_paths("shipped", tmp_path, tmp_path / "absent.onnx") == {}
 
 
 @pytest.mark.integration
