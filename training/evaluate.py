@@ -353,8 +353,9 @@ def render_report(metrics: dict[str, Any]) -> str:
         if protocol == "mini":
             lines += [
                 "Models trained here used only `splits/mini_train.txt` (a stratified fifth of it held",
-                "out for early stopping); none of them is the shipped model. 50 test clips: one clip is",
-                "2 points.",
+                "out for early stopping); none of them is the default model. `distilled_cnn` (the",
+                "default tagger distilled into the paper CNN) is `model/student/`, served on request.",
+                "50 test clips: one clip is 2 points.",
                 "",
             ]
     return "\n".join(lines) + "\n"
