@@ -477,15 +477,13 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
             consumer = _output_consumer(settings, cfg.partitions)
             received = 0
             sent_at_ms: list[int] = []  # output record timestamps: when the daemons sent each window
-            marks: dict[str, tuple[float, float, int]] = {}  # name -> (wall, daemon CPU-s, windows)
+            cpu_samples = [(time.time(), sum(_cpu_seconds(d.pid) for d in daemons))]  # (wall, daemon CPU-s)
             deadline = time.time() + 120 + cfg.streams * cfg.seconds / 200
             while time.time() < deadline and received < expected:
                 for batch in consumer.poll(timeout_ms=100, max_records=5000).values():
                     received += len(batch)
                     sent_at_ms.extend(m.timestamp for m in batch)
-                for name, fraction in (("from", 0.1), ("to", 0.9)):
-                    if name not in marks and received >= fraction * expected:
-                        marks[name] = (time.time(), sum(_cpu_seconds(d.pid) for d in daemons), received)
+                cpu_samples.append((time.time(), sum(_cpu_seconds(d.pid) for d in daemons)))
             rss = sum(_rss_bytes(d.pid) for d in daemons)
             consumer.close()
     _clean_redis(cfg, run, redis_ok)
@@ -498,13 +496,17 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
     sent_at_ms.sort()
     first, last = int(0.1 * expected), int(0.9 * expected) - 1
     if last < len(sent_at_ms) and sent_at_ms[last] > sent_at_ms[first]:
-        result["audio_s_per_s"] = round((last - first) * hop_s / ((sent_at_ms[last] - sent_at_ms[first]) / 1000), 1)
-    # CPU is only sampled at polls: a drain shorter than a few polls (the CI smoke) has no span.
-    if "to" in marks and marks["to"][2] > marks["from"][2]:
-        (t0, cpu0, n0), (t1, cpu1, n1) = marks["from"], marks["to"]
-        audio_s = (n1 - n0) * hop_s
-        result["daemon_cpu_s_per_s"] = round((cpu1 - cpu0) / (t1 - t0), 2)
-        result["audio_s_per_daemon_cpu_s"] = round(audio_s / max(cpu1 - cpu0, 1e-9), 1)
+        t_first, t_last = sent_at_ms[first] / 1000, sent_at_ms[last] / 1000
+        audio_s = (last - first) * hop_s
+        result["audio_s_per_s"] = round(audio_s / (t_last - t_first), 1)
+        # CPU over the same span, from the samples that bracket it (one per poll of the output).
+        # A short drain (the CI smoke) may fall between two samples: the bracket then also holds
+        # a little idle time, which costs a daemon next to nothing.
+        before = max((c for c in cpu_samples if c[0] <= t_first), default=cpu_samples[0])
+        after = min((c for c in cpu_samples if c[0] >= t_last), default=cpu_samples[-1])
+        if after[1] > before[1]:
+            result["daemon_cpu_s_per_s"] = round((after[1] - before[1]) / (after[0] - before[0]), 2)
+            result["audio_s_per_daemon_cpu_s"] = round(audio_s / (after[1] - before[1]), 1)
     if verbose:
         print(f"  backlog: {result}", flush=True)
     return result
