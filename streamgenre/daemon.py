@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from kafka.errors import KafkaError
 
 from streamgenre.config import Settings
-from streamgenre.metrics import Health, Metrics, serve_http
+from streamgenre.metrics import GcPauses, Health, Metrics, serve_http
 from streamgenre.model import GenreModel
 from streamgenre.pipeline import NeighbourIndex, Pipeline
 from streamgenre.sinks import KafkaSink, RedisSink, SinkError
@@ -131,6 +131,7 @@ class Daemon:
         # it: 75-130 ms per worker, stalling each window in flight (p99 window -> publish over
         # 200 ms at 500 streams in runs that caught one). Frozen objects are never scanned again.
         gc.freeze()
+        self.gc_pauses = GcPauses(self.metrics.gc_pause)
         self._worker = threading.Thread(target=self._work, name="worker", daemon=True)
         self._worker.start()
         log.info("model %s, window %.2fs every %.2fs; consuming %s as group %s",
@@ -173,6 +174,8 @@ class Daemon:
         """
         started = time.monotonic()
         log.info("draining (budget %.1fs)", self.settings.drain_timeout_s)
+        if hasattr(self, "gc_pauses"):
+            self.gc_pauses.close()
         if hasattr(self, "source"):
             self._generation += 1  # makes every queued record stale
             self._overflow.clear()
@@ -230,6 +233,7 @@ class Daemon:
             log.warning("commit failed (will retry with the next checkpoint): %s", exc)
 
     def _housekeeping(self) -> None:
+        self.gc_pauses.flush()
         self.health.broker_ok = self.source.connected()
         self.health.redis_ok = self.redis.up or self.redis.ping()
         self.metrics.ready.set(1 if self.health.ready else 0)

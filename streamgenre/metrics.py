@@ -8,8 +8,11 @@ benchmarks) can run in one process without clashing.
 
 from __future__ import annotations
 
+import collections
+import gc
 import json
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 
 
 class Metrics:
@@ -67,9 +71,44 @@ class Metrics:
             "streamgenre_ready", "1 when the model is loaded and the broker reachable.", registry=r)
         self.redis_up = Gauge("streamgenre_redis_up", "1 when the last Redis write succeeded.", registry=r)
         self.model_info = Gauge("streamgenre_model_info", "Loaded model (value 1).", ["version"], registry=r)
+        self.gc_pause = Histogram(
+            "streamgenre_gc_pause_seconds", "Garbage-collector pauses of this process, by generation.",
+            ["generation"], buckets=GC_BUCKETS, registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class GcPauses:
+    """Times every garbage collection of this process into ``streamgenre_gc_pause_seconds``.
+
+    A collection stops every thread of the worker, so a long one delays each window in flight
+    (full collections of 75-130 ms were the p99's outliers before the daemon froze its start-up
+    objects). The callback runs inside the collector, on whichever thread triggered it and
+    possibly while that thread holds a metric's lock, so it only appends to a deque (atomic
+    under the GIL); :meth:`flush`, called from the poll thread, feeds the histogram.
+    """
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._by_generation = {generation: histogram.labels(str(generation)) for generation in range(3)}
+        self._pauses: collections.deque[tuple[int, float]] = collections.deque(maxlen=100_000)
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def flush(self) -> None:
+        while self._pauses:
+            generation, seconds = self._pauses.popleft()
+            self._by_generation[generation].observe(seconds)
+
+    def close(self) -> None:
+        self.flush()
+        gc.callbacks.remove(self._on_gc)
 
 
 @dataclass

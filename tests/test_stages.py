@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
 from streamgenre.batching import MicroBatcher
 from streamgenre.framing import Arrival, Framer
+from streamgenre.metrics import GcPauses, Metrics
 from streamgenre.smoothing import GenreSmoother
 from streamgenre.wire import Chunk, ChunkHeaders
 from tests.modelgen import TEST_RECIPE
@@ -154,3 +157,20 @@ def test_batcher_runs_when_full_or_due() -> None:
     assert not batcher.due(10.05) and batcher.due(10.11)
     batcher.add("w5", now=10.3)  # type: ignore[arg-type]
     assert batcher.take() == ["w4", "w5"] and batcher.seconds_until_due(10.3) is None
+
+
+def test_gc_pauses_are_timed_by_generation_until_closed() -> None:
+    metrics = Metrics()
+    callbacks = len(gc.callbacks)
+    pauses = GcPauses(metrics.gc_pause)
+    gc.collect()
+    pauses.close()
+    assert len(gc.callbacks) == callbacks
+
+    def full_collections() -> float | None:
+        return metrics.registry.get_sample_value("streamgenre_gc_pause_seconds_count", {"generation": "2"})
+
+    timed = full_collections()
+    assert timed is not None and timed >= 1
+    gc.collect()
+    assert full_collections() == timed
