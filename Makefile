@@ -41,7 +41,7 @@ lint: $(VENV)/.test-installed
 train: $(VENV)/.test-installed
 	$(PY) -m training.train --data ../shared/data/gtzan --protocol filtered random --out build/paper_cnn --threads 2 --time-budget-min 20
 
-# Distil the shipped tagger into the paper-sized CNN (~250x cheaper per window) on gtzan-mini's
+# Distil the shipped tagger into the paper-sized CNN (~250-300x cheaper per window) on gtzan-mini's
 # mini_train only, report it on mini_test, and copy it to model/student/ (~15 min on 2 cores).
 student: $(VENV)/.test-installed
 	$(PY) -m training.train --data ../shared/data/gtzan-mini --protocol mini --teacher model/genre_cnn.onnx \

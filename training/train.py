@@ -47,6 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from streamgenre.features import FeatureRecipe, window_input
+from streamgenre.model import load_spec
 from training import baseline
 from training.augment import WaveformAugmentation, gain_db, mixup, spec_augment, variant_specs
 from training.cnn import benchmark_onnx, build_model, count_parameters, default_recipe, export_onnx
@@ -447,6 +448,20 @@ def onnx_parity(model: nn.Module, onnx_path: Path, windows: np.ndarray) -> dict[
     }
 
 
+def group_versions(
+    train: Sequence[Clip],
+    specs: Sequence[tuple[Clip, WaveformAugmentation]],
+    originals: Sequence[np.ndarray],
+    variants: Sequence[np.ndarray],
+) -> list[list[np.ndarray]]:
+    """Per training clip ``train[i]``: its original's frames, then its variants' in ``specs`` order."""
+    position = {c.clip_id: i for i, c in enumerate(train)}
+    versions = [[f] for f in originals]
+    for (clip, _spec), frames in zip(specs, variants, strict=True):
+        versions[position[clip.clip_id]].append(frames)
+    return versions
+
+
 def label_with_teacher(
     teacher_path: Path,
     train: Sequence[Clip],
@@ -466,10 +481,7 @@ def label_with_teacher(
     teacher = OnnxGenreModel.load(teacher_path, threads=config.threads)
     jobs = [(c.path, None) for c in train] + [(c.path, spec) for c, spec in specs]
     teacher_frames = compute_frames(jobs, teacher.recipe, cache_dir, config.threads, desc="teacher features")
-    position = {c.clip_id: i for i, c in enumerate(train)}
-    frames_by_clip: list[list[np.ndarray]] = [[f] for f in teacher_frames[: len(train)]]
-    for (clip, _spec), frames in zip(specs, teacher_frames[len(train) :], strict=True):
-        frames_by_clip[position[clip.clip_id]].append(frames)
+    frames_by_clip = group_versions(train, specs, teacher_frames[: len(train)], teacher_frames[len(train) :])
     return [
         [
             teacher_targets(teacher, t, s.shape[1], recipe, config.hop_frames, labels)
@@ -555,10 +567,7 @@ def run_protocol(
         config.threads,
         desc=f"{protocol} augmentation",
     )
-    versions: list[list[np.ndarray]] = [[f] for f in train_frames]
-    position = {c.clip_id: i for i, c in enumerate(train)}
-    for (clip, _spec), frames in zip(specs, variant_frames, strict=True):
-        versions[position[clip.clip_id]].append(frames)
+    versions = group_versions(train, specs, train_frames, variant_frames)
     teacher_probs = None
     if teacher is not None:
         teacher_probs = label_with_teacher(teacher, train, specs, versions, labels, recipe, config, cache_dir)
@@ -599,7 +608,7 @@ def run_protocol(
     name = "paper_cnn"
     if teacher is not None:
         name = "distilled_cnn"
-        summary["teacher"] = {"path": str(teacher), "version": OnnxGenreModel.load(teacher).meta.get("version")}
+        summary["teacher"] = {"path": str(teacher), "version": load_spec(teacher).version}
     version = f"{name.replace('_', '-')}-{protocol}-{datetime.now(UTC).strftime('%Y%m%d%H%M')}"
     export_onnx(
         model,
