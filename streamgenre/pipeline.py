@@ -177,8 +177,7 @@ class Pipeline:
         timeline: list[tuple[str, bytes]] = []
         latest: dict[str, bytes] = {}
         for window, window_probs, embedding in zip(windows, probs, embeddings, strict=True):
-            prediction = self._publish(window, window_probs)
-            value = encode_json(prediction)
+            prediction, value = self._publish(window, window_probs)
             timeline.append((window.stream_id, value))
             latest[window.stream_id] = self._with_neighbours(window.stream_id, prediction, value, embedding)
         if self.redis is not None and not self.redis.write(timeline, latest):
@@ -191,8 +190,10 @@ class Pipeline:
             self.metrics.e2e_latency.observe(max(0.0, wall_now - window.chunk_ts_ms / 1000))
         self.metrics.windows.inc(len(windows))
 
-    def _publish(self, window: Window, probs: np.ndarray) -> dict[str, Any]:
-        """Send a window's prediction (and a genre event if the smoothed genre changed); return it.
+    def _publish(self, window: Window, probs: np.ndarray) -> tuple[dict[str, Any], bytes]:
+        """Send a window's prediction (and a genre event if the smoothed genre changed).
+
+        Returns the prediction and its JSON bytes, which Redis stores as they were sent.
 
         The prediction is built as a plain dict in :class:`~streamgenre.wire.Prediction`'s field
         order rather than through pydantic: at hundreds of windows per second the model
@@ -215,7 +216,8 @@ class Pipeline:
             "model_version": self.model.version,
             "latency_ms": round(1000 * (time.monotonic() - window.completed_at), 3),
         }
-        self.kafka.send(OutMessage(self.settings.output_topic, key, encode_json(prediction)))
+        value = encode_json(prediction)
+        self.kafka.send(OutMessage(self.settings.output_topic, key, value))
         self.metrics.predictions_by_genre.labels(labels[best]).inc()
         if change is not None:
             event = GenreEvent.model_validate({
@@ -225,7 +227,7 @@ class Pipeline:
             })
             self.kafka.send(OutMessage(self.settings.events_topic, key, event.to_json()))
             self.metrics.genre_changes.inc()
-        return prediction
+        return prediction, value
 
     def _with_neighbours(self, stream_id: str, prediction: dict[str, Any], value: bytes,
                          embedding: np.ndarray) -> bytes:
