@@ -50,6 +50,25 @@ def test_bench_model_choices_name_their_files(tmp_path: Path) -> None:
     assert bench.model_paths("shipped", tmp_path, tmp_path / "absent.onnx") == {}
 
 
+
+def test_ratios_use_the_mean_of_the_ceilings_before_and_after() -> None:
+    r = {
+        "ceiling": {"audio_s_per_s": 2000.0, "audio_s_per_cpu_s": 1200.0},
+        "ceiling_after": {"audio_s_per_s": 1600.0, "audio_s_per_cpu_s": 800.0},
+        "e2e": {"audio_s_per_s": 450.0, "audio_s_per_daemon_cpu_s": 400.0},
+        "backlog": {"audio_s_per_daemon_cpu_s": 600.0},
+    }
+    assert bench._over_ceiling(r) == {
+        "ceiling_drift": 0.667,
+        "e2e_over_ceiling": 0.25,
+        "e2e_over_ceiling_per_cpu_s": 0.4,
+        "backlog_over_ceiling_per_cpu_s": 0.6,
+    }
+    # A backlog too short to sample the daemons' CPU gives no per-CPU ratio rather than a wrong one.
+    r["backlog"]["audio_s_per_daemon_cpu_s"] = None
+    del r["e2e"]
+    assert bench._over_ceiling(r) == {"ceiling_drift": 0.667}
+
 @pytest.mark.integration
 def test_bench_e2e_tiny_on_real_broker(test_model: Path) -> None:
     cfg = bench.E2EConfig(streams=3, seconds=2.0, chunk_s=0.5, workers=1, warmup_s=3.0, partitions=2)
