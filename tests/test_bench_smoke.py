@@ -50,7 +50,6 @@ def test_bench_model_choices_name_their_files(tmp_path: Path) -> None:
     assert bench.model_paths("shipped", tmp_path, tmp_path / "absent.onnx") == {}
 
 
-
 def test_ratios_use_the_mean_of_the_ceilings_before_and_after() -> None:
     r = {
         "ceiling": {"audio_s_per_s": 2000.0, "audio_s_per_cpu_s": 1200.0},
