@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL_S = 1.0
 HOUSEKEEPING_INTERVAL_S = 2.0
+# The poll thread's wait for records. A poll returns as soon as records arrive, so the long wait
+# costs no latency; it bounds how often an idle poll thread goes round, and each kafka-python
+# poll() that times out costs ~4 ms of CPU across its threads (0.08 CPU-s/s at 50 ms, 0.025 at
+# 200 ms, measured on an idle consumer). While records wait for room in the worker's queue the
+# partitions are paused and no record will end the wait, so the loop comes back sooner.
+POLL_TIMEOUT_MS = 250
+BACKPRESSURE_POLL_TIMEOUT_MS = 50
 
 
 def limit_native_threads() -> None:
@@ -157,7 +164,9 @@ class Daemon:
         self.started.set()
         next_housekeeping = 0.0
         while not self.should_exit.is_set():
-            records = self.source.poll(timeout_ms=50)
+            records = self.source.poll(
+                timeout_ms=BACKPRESSURE_POLL_TIMEOUT_MS if self._overflow or self._paused else POLL_TIMEOUT_MS
+            )
             self._overflow.extend(records)
             self._feed_worker()
             self._commit_ready()
