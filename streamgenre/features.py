@@ -160,7 +160,8 @@ def frame_signal(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
 # Rows per spectral pass of :func:`frames_to_mel`. The pass is memory-bound once its frames and
 # complex spectrum (16 KB a row) outgrow L2: one pass over thousands of rows measured 3x slower
 # per frame than 256-row blocks, and on the Intel host of 12-01 (2 MB of L2 per core) 64-row
-# blocks cost 25-30% less than 256-row ones across the whole push_many (docs/PERFORMANCE.md).
+# blocks cost ~29% less than 256-row ones across the whole push_many (~7% of the ceiling with the
+# model; docs/PERFORMANCE.md).
 # Much smaller blocks pay in per-call overhead: 21 rows (one 0.5 s chunk) ~20% more.
 SPECTRAL_BLOCK_ROWS = 64
 
@@ -270,7 +271,7 @@ def window_input(log_frames: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     else:
         out = np.array(log_frames, np.float32)
     # In place on the one new array: the same operations in the same order as (x - mean) / std,
-    # so bit-identical, without two temporaries per window.
+    # so bit-identical, without the temporaries of each step.
     mean, std = recipe.normaliser
     out -= mean
     out /= std

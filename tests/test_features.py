@@ -9,6 +9,7 @@ from streamgenre.features import (
     FeatureRecipe,
     StreamingLogMel,
     clip_windows,
+    frame_signal,
     log_mel,
     reference_window,
     window_input,
@@ -111,3 +112,15 @@ def test_clip_windows_are_daemon_windows() -> None:
 def test_recipe_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="unknown feature recipe keys"):
         FeatureRecipe.from_dict({"sample_rate": 16000, "n_fft_typo": 512})
+
+
+def test_frames_are_read_only_views_of_any_layout() -> None:
+    recipe = RECIPES["paper"]
+    y = music_like(0.5, recipe.sample_rate)
+    expected = np.stack([y[i : i + recipe.n_fft] for i in range(0, y.size - recipe.n_fft + 1, recipe.hop_length)])
+    frames = frame_signal(y, recipe)
+    assert np.array_equal(frames, expected) and not frames.flags.writeable
+    assert np.shares_memory(frames, y)  # a view, not a copy, for the usual contiguous chunk
+    strided = np.repeat(y, 2)[::2]  # same samples, non-contiguous (e.g. one channel of interleaved PCM)
+    assert np.array_equal(frame_signal(strided, recipe), expected)
+    assert frame_signal(y[: recipe.n_fft - 1], recipe).shape == (0, recipe.n_fft)
