@@ -363,6 +363,18 @@ class E2EConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
 
 
+def _latency_by_second(recv_and_latency: list[tuple[float, float]], start: float) -> list[dict[str, Any]]:
+    """window → publish per second of the measured span (by arrival at the output consumer).
+
+    One p99 over the whole span cannot tell a steady tail from an episode in which the daemons
+    fell behind for a few seconds and then drained slowly on a saturated box; this can.
+    """
+    bins: dict[int, list[float]] = {}
+    for recv, latency in recv_and_latency:
+        bins.setdefault(int(recv - start), []).append(latency)
+    return [{"s": second, "windows": len(v), **_percentiles(v)} for second, v in sorted(bins.items())]
+
+
 def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None}
@@ -741,6 +753,7 @@ def _e2e_summary(
     offsets = prod.get("offsets_ms", [])
     epoch0 = prod.get("epoch0_ms", 0)
     window_lat: list[float] = []
+    recv_and_latency: list[tuple[float, float]] = []
     chunk_lat: list[float] = []
     in_window = 0
     for (recv, ts_end, latency_ms, rec_ts, _seq), sid in zip(received, stream_ids, strict=True):
@@ -748,6 +761,7 @@ def _e2e_summary(
             continue
         in_window += 1 if recv <= measure_to else 0
         window_lat.append(latency_ms)
+        recv_and_latency.append((recv, latency_ms))
         if offsets:
             i = int(sid.rsplit("-", 1)[1])
             base = epoch0 + offsets[i]
@@ -776,6 +790,7 @@ def _e2e_summary(
         "audio_s_per_s": round(processed, 1),
         "windows": in_window,
         "window_to_publish_ms": w,
+        "window_to_publish_ms_by_second": _latency_by_second(recv_and_latency, measure_from),
         "chunk_ts_to_publish_ms": c,
         "daemon_cpu_s_per_s": round(cpu_span / span, 2) if cpu_span else None,
         "broker_cpu_s_per_s": round((cpu_mark.get("broker_end", 0) - cpu_mark.get("broker_start", 0)) / span, 2),

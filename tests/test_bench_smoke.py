@@ -68,6 +68,16 @@ def test_ratios_use_the_mean_of_the_ceilings_before_and_after() -> None:
     del r["e2e"]
     assert bench._over_ceiling(r) == {"ceiling_drift": 0.667}
 
+
+def test_latency_by_second_bins_by_arrival() -> None:
+    samples = [(100.1, 10.0), (100.9, 30.0), (102.5, 500.0)]
+    assert bench._latency_by_second(samples, start=100.0) == [
+        {"s": 0, "windows": 2, "p50": 20.0, "p99": 29.8, "max": 30.0},
+        {"s": 2, "windows": 1, "p50": 500.0, "p99": 500.0, "max": 500.0},
+    ]
+    assert bench._latency_by_second([], start=100.0) == []
+
+
 @pytest.mark.integration
 def test_bench_e2e_tiny_on_real_broker(test_model: Path) -> None:
     cfg = bench.E2EConfig(streams=3, seconds=2.0, chunk_s=0.5, workers=1, warmup_s=3.0, partitions=2)
@@ -75,6 +85,9 @@ def test_bench_e2e_tiny_on_real_broker(test_model: Path) -> None:
     assert r["producer_sent"] == 3 * 10
     assert r["windows"] > 0
     assert r["window_to_publish_ms"]["p99"] is not None
+    by_second = r["window_to_publish_ms_by_second"]
+    assert sum(b["windows"] for b in by_second) >= r["windows"]
+    assert max(b["max"] for b in by_second) == r["window_to_publish_ms"]["max"]
     assert r["chunk_ts_to_publish_ms"]["p50"] is not None
     assert r["rss_peak_mb"] > 0
     json.dumps(r)  # serialisable
