@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -413,6 +414,9 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             rss_peak = 0
             measure_from, measure_to = start_at + cfg.warmup_s, start_at + duration
             cpu_mark: dict[str, float] = {}
+            # Once a second: (wall, daemons, broker, producer) CPU-seconds so far. tansu's cost is
+            # not constant within a run (docs/PERFORMANCE.md), so the split over time matters.
+            cpu_samples: list[tuple[float, float, float, float]] = []
             next_rss_sample = 0.0
             expected_total = _expected_windows(cfg, hop_s, spec)
             while time.time() < deadline:
@@ -435,6 +439,9 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
                     break
                 if now < measure_to and now >= next_rss_sample:
                     rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
+                    cpu_samples.append((now, sum(_cpu_seconds(d.pid) for d in daemons),
+                                        _cpu_seconds(broker.process.pid) if broker.process else 0.0,
+                                        _cpu_seconds(producer.pid) if producer.pid else 0.0))
                     next_rss_sample = now + 1.0
             producer.join(30)
             prod = (
@@ -445,7 +452,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             cpu1 = sum(_cpu_seconds(d.pid) for d in daemons)
             consumer.close()
     _clean_redis(cfg, run, redis_ok)
-    return _e2e_summary(
+    return {**_e2e_summary(
         cfg,
         hop_s,
         received,
@@ -458,7 +465,17 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
         measure_from,
         measure_to,
         redis_ok,
-    )
+    ), "cpu_s_per_s_by_second": _cpu_by_second(cpu_samples, measure_from)}
+
+
+def _cpu_by_second(samples: list[tuple[float, float, float, float]], start: float) -> list[dict[str, float]]:
+    """Daemons', broker's and producer's CPU-s per s between consecutive samples, from ``start`` on."""
+    rows = []
+    for (t0, *cpu0), (t1, *cpu1) in itertools.pairwise(samples):
+        if t0 >= start:
+            rates = [round((b - a) / (t1 - t0), 2) for a, b in zip(cpu0, cpu1, strict=True)]
+            rows.append({"s": round(t0 - start, 1), **dict(zip(("daemons", "broker", "producer"), rates, strict=True))})
+    return rows
 
 
 def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:

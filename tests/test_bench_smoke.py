@@ -78,6 +78,11 @@ def test_latency_by_second_bins_by_arrival() -> None:
     assert bench._latency_by_second([], start=100.0) == []
 
 
+def test_cpu_by_second_is_a_rate_between_samples() -> None:
+    samples = [(9.0, 0.0, 0.0, 0.0), (10.0, 1.0, 0.5, 0.1), (12.0, 2.0, 1.5, 0.3)]
+    assert bench._cpu_by_second(samples, start=10.0) == [{"s": 0.0, "daemons": 0.5, "broker": 0.5, "producer": 0.1}]
+
+
 @pytest.mark.integration
 def test_bench_e2e_tiny_on_real_broker(test_model: Path) -> None:
     cfg = bench.E2EConfig(streams=3, seconds=2.0, chunk_s=0.5, workers=1, warmup_s=3.0, partitions=2)
