@@ -43,7 +43,13 @@ class Settings(BaseSettings):
     max_poll_interval_ms: int = Field(60000, description="Max time between polls before the member is evicted.")
     max_message_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted chunk; larger goes to the DLQ.")
     fetch_max_wait_ms: int = Field(
-        100, ge=1, description="Longest the broker holds a fetch while no new audio arrives (bounds delivery delay)."
+        100, ge=1,
+        description="Longest the broker holds a fetch short of fetch_min_bytes (bounds delivery delay).",
+    )
+    fetch_min_bytes: int = Field(
+        1 << 20, ge=1,
+        description="Bytes the broker gathers before it answers a fetch, or until fetch_max_wait_ms: fewer fetches "
+        "(broker and consumer CPU) for at most that much delivery delay; 1 answers at once.",
     )
     producer_linger_ms: int = Field(5, description="Producer batching delay.")
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = Field(

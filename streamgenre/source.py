@@ -70,6 +70,7 @@ class ChunkSource:
             max_partition_fetch_bytes=max(1 << 20, settings.max_message_bytes + 65536),
             fetch_max_bytes=max(52428800, settings.max_message_bytes + 65536),
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            fetch_min_bytes=settings.fetch_min_bytes,
             reconnect_backoff_max_ms=int(settings.broker_retry_max_s * 1000),
             # Construction blocks until the broker answers; bounded so the daemon's own backoff
             # loop (and a SIGTERM during it) keeps control while the broker is down.
