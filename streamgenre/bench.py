@@ -16,7 +16,8 @@ Three measurements per model, in one run, so that they share the machine's state
   Reports sustained audio-seconds per wall-second, p50/p99 of *window complete → published*
   (the ``latency_ms`` field of every prediction) and of *chunk ts → published* (the output
   record's timestamp minus ``ts`` of the chunk that holds the window's last sample), RSS and
-  bytes per stream.
+  bytes per stream; window → publish and the CPU of the daemons, broker and producer also for
+  every second of the run, which tells a steady tail from an episode of falling behind.
 * **baseline** — the paper-style pipeline: per window, ``librosa.feature.melspectrogram`` of
   the whole window and a batch-1 inference with the same model.
 
@@ -452,7 +453,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             cpu1 = sum(_cpu_seconds(d.pid) for d in daemons)
             consumer.close()
     _clean_redis(cfg, run, redis_ok)
-    return {**_e2e_summary(
+    summary = _e2e_summary(
         cfg,
         hop_s,
         received,
@@ -465,7 +466,9 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
         measure_from,
         measure_to,
         redis_ok,
-    ), "cpu_s_per_s_by_second": _cpu_by_second(cpu_samples, measure_from)}
+    )
+    summary["cpu_s_per_s_by_second"] = _cpu_by_second(cpu_samples, measure_from)
+    return summary
 
 
 def _cpu_by_second(samples: list[tuple[float, float, float, float]], start: float) -> list[dict[str, float]]:
