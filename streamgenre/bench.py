@@ -415,8 +415,16 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             rss_peak = 0
             measure_from, measure_to = start_at + cfg.warmup_s, start_at + duration
             cpu_mark: dict[str, float] = {}
-            # Once a second: (wall, daemons, broker, producer) CPU-seconds so far. tansu's cost is
-            # not constant within a run (docs/PERFORMANCE.md), so the split over time matters.
+
+            def box_cpu() -> tuple[float, float, float]:
+                """CPU-seconds so far of the daemons and of what shares the box with them: the broker
+                and the simulated producers."""
+                return (sum(_cpu_seconds(d.pid) for d in daemons),
+                        _cpu_seconds(broker.process.pid) if broker.process else 0.0,
+                        _cpu_seconds(producer.pid) if producer.pid else 0.0)
+
+            # Once a second: (wall, *box_cpu()). tansu's cost is not constant within a run
+            # (docs/PERFORMANCE.md), so the split over time matters.
             cpu_samples: list[tuple[float, float, float, float]] = []
             next_rss_sample = 0.0
             expected_total = _expected_windows(cfg, hop_s, spec)
@@ -430,19 +438,14 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
                 now = time.time()
                 for mark, at in (("start", measure_from), ("end", measure_to)):
                     if mark not in cpu_mark and now >= at:
-                        cpu_mark[mark] = sum(_cpu_seconds(d.pid) for d in daemons)
-                        # What shares the box with the daemons: the broker and the simulated producers.
-                        cpu_mark[f"broker_{mark}"] = _cpu_seconds(broker.process.pid) if broker.process else 0.0
-                        cpu_mark[f"producer_{mark}"] = _cpu_seconds(producer.pid) if producer.pid else 0.0
+                        cpu_mark[mark], cpu_mark[f"broker_{mark}"], cpu_mark[f"producer_{mark}"] = box_cpu()
                         cpu_mark[f"harness_{mark}"] = time.process_time()  # this process: the output consumer
                         rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
                 if now > measure_to + 2.0 and not producer.is_alive() and len(received) >= expected_total:
                     break
                 if now < measure_to and now >= next_rss_sample:
                     rss_peak = max(rss_peak, sum(_rss_bytes(d.pid) for d in daemons))
-                    cpu_samples.append((now, sum(_cpu_seconds(d.pid) for d in daemons),
-                                        _cpu_seconds(broker.process.pid) if broker.process else 0.0,
-                                        _cpu_seconds(producer.pid) if producer.pid else 0.0))
+                    cpu_samples.append((now, *box_cpu()))
                     next_rss_sample = now + 1.0
             producer.join(30)
             prod = (
@@ -772,7 +775,6 @@ def _e2e_summary(
     chunk_ms = prod.get("chunk_ms", 1000 * cfg.chunk_s)
     offsets = prod.get("offsets_ms", [])
     epoch0 = prod.get("epoch0_ms", 0)
-    window_lat: list[float] = []
     recv_and_latency: list[tuple[float, float]] = []
     chunk_lat: list[float] = []
     in_window = 0
@@ -780,7 +782,6 @@ def _e2e_summary(
         if not measure_from <= recv <= measure_to + 2.0:
             continue
         in_window += 1 if recv <= measure_to else 0
-        window_lat.append(latency_ms)
         recv_and_latency.append((recv, latency_ms))
         if offsets:
             i = int(sid.rsplit("-", 1)[1])
@@ -792,7 +793,7 @@ def _e2e_summary(
     span = measure_to - measure_from
     offered = cfg.streams  # audio-seconds per wall-second offered by the producer
     processed = in_window * hop_s / span
-    w = _percentiles(window_lat)
+    w = _percentiles([latency for _, latency in recv_and_latency])
     c = _percentiles(chunk_lat)
     cpu_span = cpu_mark.get("end", 0) - cpu_mark.get("start", 0)
     # Real time: the daemon keeps up (≥ 95% of offered audio within the span) and does not

@@ -142,12 +142,10 @@ def frame_signal(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     Returns ``(n_frames, n_fft)`` with ``n_frames = 1 + (n_samples - n_fft) // hop_length`` (0
     when ``y`` is shorter than one frame).
     """
-    y = np.asarray(y, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.float32)  # a no-op for the usual float32 chunk
     if y.shape[0] < recipe.n_fft:
         return np.zeros((0, recipe.n_fft), np.float32)
     n_frames = 1 + (y.shape[0] - recipe.n_fft) // recipe.hop_length
-    if not y.flags.c_contiguous:
-        y = np.ascontiguousarray(y)
     # The ndarray constructor over y's buffer rather than as_strided or sliding_window_view(...)[::hop]:
     # the same view at a third of as_strided's call overhead (1.6 vs 4.9 us), which counts at one
     # call per chunk.
