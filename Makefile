@@ -68,7 +68,7 @@ deploy-check: $(VENV)/.test-installed
 	bash deploy/check.sh
 
 schemas: $(VENV)/.demo-installed
-	$(PY) -m streamgenre.wire
+	$(PY) -m streamgenre.stream.wire
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from streamgenre.framing import grid_phase
-from streamgenre.ingest import encode_pcm
-from streamgenre.wire import chunk_headers
+from streamgenre.apps.ingest import encode_pcm
+from streamgenre.stream.framing import grid_phase
+from streamgenre.stream.wire import chunk_headers
 
 CONTAINER_FORMATS = {"wav": ("audio/wav", "WAV", "PCM_16"), "flac": ("audio/flac", "FLAC", "PCM_16"),
                      "ogg": ("audio/ogg", "OGG", "VORBIS")}
@@ -64,7 +64,7 @@ def chunked_stream(samples: np.ndarray, rate: int, fmt: str, start_ms: int, chun
 
 def expected_window_seqs(stream_id: str, start_ms: int, n_input: int, rate: int, model_rate: int,
                          hop_samples: int, window_samples: int) -> list[int]:
-    """The absolute-grid windows a stream must produce (see streamgenre.framing)."""
+    """The absolute-grid windows a stream must produce (see streamgenre.stream.framing)."""
     phase = grid_phase(stream_id, hop_samples, model_rate)
     anchor = round(start_ms * model_rate / 1000)
     n_out = n_input if rate == model_rate else math.floor(n_input * model_rate / rate + 0.5)

@@ -14,10 +14,10 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.config import Settings
-from streamgenre.daemon import Daemon
-from streamgenre.devbroker import DevBroker, ensure_topics, free_port
-from streamgenre.pipeline import NeighbourIndex
+from streamgenre.stream.daemon import Daemon
+from streamgenre.stream.pipeline import NeighbourIndex
 from tests.modelgen import make_test_model
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

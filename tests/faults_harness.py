@@ -27,9 +27,9 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import SecretStr
 
+from streamgenre.apps.devbroker import free_port, wait_for_port
 from streamgenre.config import Settings
-from streamgenre.devbroker import free_port, wait_for_port
-from streamgenre.model import load_spec
+from streamgenre.model.contract import load_spec
 from tests.audio import EncodedChunk, chunked_stream, expected_window_seqs, tone_mix
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "reliability.json"
@@ -254,7 +254,7 @@ def readyz(port: int) -> tuple[int, dict] | None:
 
 
 class DaemonProcess:
-    """``python -m streamgenre.cli run`` with the given settings, its log in ``log_path``."""
+    """``python -m streamgenre.apps.cli run`` with the given settings, its log in ``log_path``."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
@@ -265,7 +265,7 @@ class DaemonProcess:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamgenre.cli", "run"],
+                [sys.executable, "-m", "streamgenre.apps.cli", "run"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from streamgenre.wire import CONTAINER_TYPES, PCM_TYPES, Reason, chunk_headers
+from streamgenre.stream.wire import CONTAINER_TYPES, PCM_TYPES, Reason, chunk_headers
 
 MAX_BYTES = 65536
 KNOWN_HEADERS = {"content-type", "seq", "ts", "sample-rate", "channels", "eos"}

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from streamgenre.features import FeatureRecipe
+from streamgenre.model.features import FeatureRecipe
 
 TEST_LABELS = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 TEST_RECIPE = FeatureRecipe(

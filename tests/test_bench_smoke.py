@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamgenre import bench
-from streamgenre.cli import main
+from streamgenre.apps.cli import main
+from streamgenre.bench import harness as bench
 
 
 def test_bench_quick_without_e2e_writes_json(

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from streamgenre.apps.devbroker import DevBroker, free_port
 from streamgenre.config import Settings
-from streamgenre.devbroker import DevBroker, free_port
 from tests.audio import tone_mix
 from tests.conftest import read_topic
 
@@ -21,7 +21,7 @@ COMMANDS = ["run", "broker", "ingest", "tail", "demo", "index", "similar"]
 
 
 def streamgenre(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streamgenre.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "streamgenre.apps.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -44,7 +44,7 @@ def test_bad_path_is_a_clear_error() -> None:
 
 def test_broker_command_prints_its_address() -> None:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "streamgenre.cli", "broker", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "streamgenre.apps.cli", "broker", "--port", str(port)],
                                stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -84,7 +84,7 @@ def test_ingest_publishes_chunks_with_seq_ts_and_eos(broker: DevBroker, settings
 
 
 def test_the_daemon_never_imports_torch() -> None:
-    code = ("import sys, streamgenre.cli, streamgenre.daemon, streamgenre.similarity; "
-            "streamgenre.cli.build_parser(); print('torch' in sys.modules)")
+    code = ("import sys, streamgenre.apps.cli, streamgenre.stream.daemon, streamgenre.model.similarity; "
+            "streamgenre.apps.cli.build_parser(); print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

@@ -26,7 +26,7 @@ import pytest
 from pydantic import SecretStr
 
 from streamgenre.config import Settings
-from streamgenre.metrics import Health, Metrics, serve_http
+from streamgenre.stream.metrics import Health, Metrics, serve_http
 
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: install the test extra or run deploy/check.sh")
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from streamgenre.devbroker import DevBroker, ensure_topics
-from streamgenre.wire import Reason, chunk_headers
+from streamgenre.apps.devbroker import DevBroker, ensure_topics
+from streamgenre.stream.wire import Reason, chunk_headers
 from tests.conftest import isolated_settings, running_daemon
 from tests.faults_harness import TopicReader, make_streams, wait_all_windows
 from tests.faults_hostile import BOMBS, MAX_BYTES, wav_claiming

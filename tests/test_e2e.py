@@ -13,11 +13,11 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from streamgenre.apps.tail import follow
 from streamgenre.config import Settings
-from streamgenre.framing import grid_phase
-from streamgenre.model import load_spec
-from streamgenre.tail import follow
-from streamgenre.wire import SCHEMA_DIR
+from streamgenre.model.contract import load_spec
+from streamgenre.stream.framing import grid_phase
+from streamgenre.stream.wire import SCHEMA_DIR
 from tests.audio import chunked_stream, expected_window_seqs, tone_mix
 from tests.conftest import REDIS_URL, predictions, read_topic, running_daemon
 

@@ -20,12 +20,12 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.config import Settings
-from streamgenre.daemon import Daemon
-from streamgenre.devbroker import DevBroker, ensure_topics, free_port
-from streamgenre.model import GenreModel
-from streamgenre.sinks import KafkaSink, OutMessage
-from streamgenre.source import BOOTSTRAP_TIMEOUT_MS, ChunkSource
+from streamgenre.model.contract import GenreModel
+from streamgenre.stream.daemon import Daemon
+from streamgenre.stream.sinks import KafkaSink, OutMessage
+from streamgenre.stream.source import BOOTSTRAP_TIMEOUT_MS, ChunkSource
 from tests.conftest import isolated_settings, running_daemon
 from tests.faults_harness import (
     DaemonProcess,
@@ -290,7 +290,7 @@ def test_sigterm_drains_within_budget_and_commits(
 
 
 def load_window_s(model_path: Path) -> float:
-    from streamgenre.model import load_spec
+    from streamgenre.model.contract import load_spec
 
     return load_spec(model_path).window_s
 

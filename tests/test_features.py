@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamgenre.features import (
+from streamgenre.model.features import (
     FeatureRecipe,
     StreamingLogMel,
     clip_windows,
@@ -14,8 +14,8 @@ from streamgenre.features import (
     reference_window,
     window_input,
 )
-from streamgenre.framing import Arrival, Framer, grid_phase
-from streamgenre.wire import Chunk, ChunkHeaders
+from streamgenre.stream.framing import Arrival, Framer, grid_phase
+from streamgenre.stream.wire import Chunk, ChunkHeaders
 
 RECIPES = {
     "paper": FeatureRecipe(sample_rate=22050, n_fft=2048, hop_length=512, n_mels=128, n_frames=64, top_db=80.0),

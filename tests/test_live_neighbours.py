@@ -11,9 +11,9 @@ import soundfile as sf
 from kafka import KafkaProducer
 
 from streamgenre.config import Settings
-from streamgenre.daemon import Daemon
-from streamgenre.model import GenreModel
-from streamgenre.similarity import Catalog, CatalogError, build_catalog
+from streamgenre.model.contract import GenreModel
+from streamgenre.model.similarity import Catalog, CatalogError, build_catalog
+from streamgenre.stream.daemon import Daemon
 from tests.audio import chunked_stream, tone_mix
 from tests.conftest import REDIS_URL, read_topic, running_daemon
 from tests.modelgen import make_test_model

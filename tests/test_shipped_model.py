@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from streamgenre.features import FeatureRecipe
+from streamgenre.model.features import FeatureRecipe
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO.parent / "shared" / "data" / "gtzan-mini"
@@ -56,7 +56,7 @@ STUDENT = REPO / "model" / "student" / "genre_cnn.onnx"
 
 def test_student_serves_with_the_shipped_labels() -> None:
     """The distilled student (``make student``) is a drop-in model: same genres, contract outputs."""
-    from streamgenre.model import GenreModel
+    from streamgenre.model.contract import GenreModel
 
     student, teacher = GenreModel(STUDENT), json.loads(MODEL.with_suffix(".json").read_text())
     assert student.labels == teacher["labels"]

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamgenre import catalog_cli, similarity
-from streamgenre.features import clip_windows
-from streamgenre.model import GenreModel
-from streamgenre.similarity import Catalog, find_audio, read_labels, track_label
+from streamgenre.apps import catalog as catalog_cli
+from streamgenre.model import similarity
+from streamgenre.model.contract import GenreModel
+from streamgenre.model.features import clip_windows
+from streamgenre.model.similarity import Catalog, find_audio, read_labels, track_label
 from tests.modelgen import make_test_model
 from training.similarity_eval import chance_levels, evaluate, leave_one_out_metrics
 
@@ -179,7 +180,7 @@ def test_cli_errors(library: dict, tmp_path: Path) -> None:
 
 
 def test_subcommands_through_the_main_cli(library: dict, capsys: pytest.CaptureFixture) -> None:
-    from streamgenre.cli import main
+    from streamgenre.apps.cli import main
 
     query = library["files"][3]
     rc = main(["similar", str(query), "--catalog", str(library["catalog"]), "--model", str(library["model"]),
@@ -304,7 +305,7 @@ def test_ann_missing_falls_back_to_exact(monkeypatch: pytest.MonkeyPatch, caplog
     monkeypatch.setattr(similarity, "_load_faiss", lambda: None)
     base = _clustered(500, 16, seed=2)
     catalog = _catalog(base, threshold=100)
-    with caplog.at_level(logging.WARNING, logger="streamgenre.similarity"):
+    with caplog.at_level(logging.WARNING, logger="streamgenre.model.similarity"):
         result = catalog.query(base[7], 5)
     assert not catalog.uses_ann and "faiss is not installed" in caplog.text
     expected = np.argsort(-(base @ base[7]), kind="stable")[:5]

@@ -7,11 +7,11 @@ import gc
 import numpy as np
 import pytest
 
-from streamgenre.batching import MicroBatcher
-from streamgenre.framing import Arrival, Framer
-from streamgenre.metrics import GcPauses, Metrics
-from streamgenre.smoothing import GenreSmoother
-from streamgenre.wire import Chunk, ChunkHeaders
+from streamgenre.stream.batching import MicroBatcher
+from streamgenre.stream.framing import Arrival, Framer
+from streamgenre.stream.metrics import GcPauses, Metrics
+from streamgenre.stream.smoothing import GenreSmoother
+from streamgenre.stream.wire import Chunk, ChunkHeaders
 from tests.modelgen import TEST_RECIPE
 
 RATE = TEST_RECIPE.sample_rate

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamgenre.features import FeatureRecipe, clip_windows
+from streamgenre.model.features import FeatureRecipe, clip_windows
 from training.data import (
     Clip,
     DatasetNotFoundError,

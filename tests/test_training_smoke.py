@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from streamgenre.features import FeatureRecipe, window_input
+from streamgenre.model.features import FeatureRecipe, window_input
 from training import augment
 from training.cnn import build_model, build_random_onnx, export_onnx
 from training.data import cached_log_mel, load_split

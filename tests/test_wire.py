@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamgenre.wire import (
+from streamgenre.stream.wire import (
     SCHEMA_DIR,
     BadInput,
     GenreEvent,
@@ -102,7 +102,7 @@ def test_committed_schemas_match_the_models(tmp_path) -> None:
     for name in ("prediction", "event"):
         assert json.loads((tmp_path / f"{name}.schema.json").read_text()) == json.loads(
             (SCHEMA_DIR / f"{name}.schema.json").read_text()
-        ), "run `python -m streamgenre.wire` and commit the schemas"
+        ), "run `python -m streamgenre.stream.wire` and commit the schemas"
 
 
 def test_event_uses_from_and_to_on_the_wire() -> None:

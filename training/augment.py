@@ -163,7 +163,7 @@ def gain_db(rng: np.random.Generator, n: int, max_db: float = 6.0) -> np.ndarray
 
     Scaling audio by ``g`` adds ``20 log10 g`` dB to every mel bin of a ``power_to_db`` front
     end (until the ``amin`` floor), and ``top_db`` is relative to the window's own maximum, so
-    adding the offset to the compressed frames before :func:`streamgenre.features.window_input`
+    adding the offset to the compressed frames before :func:`streamgenre.model.features.window_input`
     equals a waveform gain, without recomputing the spectrogram.
     """
     return rng.uniform(-max_db, max_db, size=n).astype(np.float32)

@@ -22,7 +22,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from streamgenre.features import FeatureRecipe
+from streamgenre.model.features import FeatureRecipe
 from training.data import DEFAULT_CACHE, Clip, cached_log_mel, window_starts, windows_from_frames
 from training.evaluate import score
 

@@ -2,12 +2,12 @@
 
 The model sees one window of normalised log-mel frames, ``[N, 1, n_mels, n_frames]``, and
 returns class logits plus the penultimate dense layer (the *embedding*). The exported ONNX
-graph follows the model contract of ``streamgenre.model``:
+graph follows the model contract of ``streamgenre.model.contract``:
 
 - input ``logmel`` float32 ``[N, 1, n_mels, n_frames]`` (dynamic ``N``);
 - outputs ``probs`` ``[N, n_classes]`` (softmax) and ``embedding`` ``[N, D]``;
 - opset :data:`OPSET`; a JSON sidecar next to it (``<name>.json``) with the labels, window and
-  hop durations and the :class:`~streamgenre.features.FeatureRecipe`.
+  hop durations and the :class:`~streamgenre.model.features.FeatureRecipe`.
 
 Size is chosen for serving cost and for training on two CPU cores: four 3x3 conv blocks of
 16/32/64/128 channels, the first with stride 2, each with 2x2 pooling (~15 M multiply-adds per
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamgenre.features import FeatureRecipe
-from streamgenre.model import build_sidecar
+from streamgenre.model.contract import build_sidecar
+from streamgenre.model.features import FeatureRecipe
 
 #: ONNX opset of exported models (the contract requires >= 17).
 OPSET = 18

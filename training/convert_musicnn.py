@@ -19,7 +19,7 @@ tf2onnx and musicnn; see ``model/MODEL_CARD.md``) reproduces every figure of the
    onnxruntime throughput, and writes ``model/genre_cnn.{onnx,json}`` and ``model/report/mini_test.*``.
 
 Everything runs in float32: musicnn's extractor casts the mel spectrogram to float16 before the
-log, which overflows on loud frames; our front end (:mod:`streamgenre.features`) never does.
+log, which overflows on loud frames; our front end (:mod:`streamgenre.model.features`) never does.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from musicnn import configuration as musicnn_config
 from musicnn import models as musicnn_models
 from onnx import TensorProto, helper, numpy_helper
 
-from streamgenre.model import build_sidecar
+from streamgenre.model.contract import build_sidecar
 from training.data import GTZAN_GENRES, load_split
 from training.fit_head import (
     EXAMPLES_ROOT,

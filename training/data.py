@@ -18,7 +18,7 @@ entries whose file is absent are skipped (the lists describe the full set; parti
 hold only some of it). Splits are made of whole clips, so the windows of one clip never land
 in two splits.
 
-Features are computed only by :mod:`streamgenre.features`, the module the daemon uses, and
+Features are computed only by :mod:`streamgenre.model.features`, the module the daemon uses, and
 cached on disk by :func:`cached_log_mel`.
 """
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from streamgenre.features import FeatureRecipe, log_mel, resample, to_mono, window_input
+from streamgenre.model.features import FeatureRecipe, log_mel, resample, to_mono, window_input
 
 #: The 10 GTZAN genres, in the order used for class indices when a dataset has all of them.
 GTZAN_GENRES: tuple[str, ...] = (
@@ -296,7 +296,7 @@ def read_audio(path: Path | str, sample_rate: int) -> np.ndarray:
     path : Path or str
         Any format libsndfile reads (wav, flac, au, ogg, mp3).
     sample_rate : int
-        Target rate in Hz; resampled with :func:`streamgenre.features.resample` (soxr) if needed.
+        Target rate in Hz; resampled with :func:`streamgenre.model.features.resample` (soxr) if needed.
 
     Returns
     -------
@@ -307,7 +307,7 @@ def read_audio(path: Path | str, sample_rate: int) -> np.ndarray:
 
 
 def recipe_key(recipe: FeatureRecipe) -> dict[str, object]:
-    """The parts of a recipe that :func:`streamgenre.features.log_mel` depends on.
+    """The parts of a recipe that :func:`streamgenre.model.features.log_mel` depends on.
 
     ``mean``/``std`` (applied per window) and ``n_frames`` are left out, so that the cached
     frames stay valid when the normalisation is re-estimated or the window length changes.
@@ -329,7 +329,7 @@ def cached_log_mel(
     path : Path
         Audio file.
     recipe : FeatureRecipe
-        Front end; frames are :func:`streamgenre.features.log_mel` of the decoded audio.
+        Front end; frames are :func:`streamgenre.model.features.log_mel` of the decoded audio.
     cache_dir : Path or None
         Cache folder; ``None`` disables caching. The file name hashes the recipe, the file's
         resolved path, size and modification time, and ``transform_key``, so a changed file or
@@ -370,14 +370,14 @@ def cached_log_mel(
 
 
 def window_starts(n_total_frames: int, n_frames: int, hop_frames: int) -> range:
-    """Start frames of the windows :func:`streamgenre.features.clip_windows` cuts from a clip."""
+    """Start frames of the windows :func:`streamgenre.model.features.clip_windows` cuts from a clip."""
     return range(0, n_total_frames - n_frames + 1, hop_frames)
 
 
 def windows_from_frames(frames: np.ndarray, recipe: FeatureRecipe, starts: Iterable[int]) -> np.ndarray:
     """Model inputs for the windows of cached frames starting at ``starts``.
 
-    Each window goes through :func:`streamgenre.features.window_input` (``top_db`` per window,
+    Each window goes through :func:`streamgenre.model.features.window_input` (``top_db`` per window,
     then the recipe's normalisation), so with ``starts = window_starts(...)`` the result equals
     ``clip_windows(y, recipe, hop_frames)`` for the audio the frames came from.
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streamgenre.features import FeatureRecipe
+from streamgenre.model.features import FeatureRecipe
 from training.data import window_starts, windows_from_frames
 from training.evaluate import OnnxGenreModel
 

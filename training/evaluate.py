@@ -3,7 +3,7 @@
 ``python -m training.evaluate --model model/genre_cnn.onnx --data ../shared/data/gtzan --protocol filtered``
 
 The model's own sidecar fixes the front end: windows are cut from each clip exactly as the
-daemon cuts them (:func:`streamgenre.features.clip_windows` with the sidecar's recipe and hop,
+daemon cuts them (:func:`streamgenre.model.features.clip_windows` with the sidecar's recipe and hop,
 through the on-disk frame cache of :mod:`training.data`), so a model with another recipe
 (e.g. musicnn's 16 kHz ``log10_1p``) is evaluated unchanged. Clip prediction = mean of the
 window probabilities.
@@ -30,7 +30,7 @@ import onnxruntime as ort
 from sklearn.metrics import classification_report, confusion_matrix
 from tqdm import tqdm
 
-from streamgenre.features import FeatureRecipe
+from streamgenre.model.features import FeatureRecipe
 from training.data import (
     DEFAULT_CACHE,
     PROTOCOLS,

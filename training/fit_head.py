@@ -9,7 +9,7 @@ Protocol (see ``../shared/data/gtzan-mini/README.md``): the head is fitted only 
 ``splits/mini_train.txt`` (51 clips), its regularisation chosen by clip-grouped
 cross-validation inside mini_train; ``splits/mini_test.txt`` (50 clips) is used only for the
 reported figures. Each clip is cut into non-overlapping windows of 187 frames (2.992 s) with
-:func:`streamgenre.features.clip_windows`, the daemon's own front end; a clip's prediction is
+:func:`streamgenre.model.features.clip_windows`, the daemon's own front end; a clip's prediction is
 the mean of its window probabilities.
 """
 
@@ -28,7 +28,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
-from streamgenre.features import FeatureRecipe, clip_windows
+from streamgenre.model.features import FeatureRecipe, clip_windows
 from training.data import GTZAN_GENRES, Clip, load_split, read_audio
 from training.musicnn_tags import MSD_TAGS, MTT_TAGS, normalised_scores, zero_shot_scores
 

@@ -6,7 +6,7 @@ Evaluation (the paper's "recommendation and similarity system from the test data
         --model model/genre_cnn.onnx
 
 On the test split of a protocol (:func:`training.data.load_split`), every clip is embedded as
-the catalogue embeds it (:func:`streamgenre.similarity.embed_file`: mean of window embeddings,
+the catalogue embeds it (:func:`streamgenre.model.similarity.embed_file`: mean of window embeddings,
 L2-normalised) and used once as a query against all the other test clips (leave-one-out):
 
 - precision@k (k = 1, 5, 10): fraction of the k nearest clips with the query's genre;
@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from streamgenre.features import log_mel
-from streamgenre.model import GenreModel
-from streamgenre.similarity import embed_audio, l2_normalise, load_audio
+from streamgenre.model.contract import GenreModel
+from streamgenre.model.features import log_mel
+from streamgenre.model.similarity import embed_audio, l2_normalise, load_audio
 from training.data import DatasetNotFoundError, load_split
 
 REPORT_DIR = Path(__file__).resolve().parents[1] / "model" / "report"

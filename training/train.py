@@ -46,8 +46,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from tqdm import tqdm
 
-from streamgenre.features import FeatureRecipe, window_input
-from streamgenre.model import load_spec
+from streamgenre.model.contract import load_spec
+from streamgenre.model.features import FeatureRecipe, window_input
 from training import baseline
 from training.augment import WaveformAugmentation, gain_db, mixup, spec_augment, variant_specs
 from training.cnn import benchmark_onnx, build_model, count_parameters, default_recipe, export_onnx
@@ -181,7 +181,7 @@ def fit_normaliser(frames: Sequence[np.ndarray], recipe: FeatureRecipe, hop_fram
     """Recipe with per-mel ``mean``/``std`` estimated on the windows of the training clips.
 
     Statistics are taken over the windows the daemon would cut (after ``top_db`` clipping, which
-    :func:`streamgenre.features.window_input` applies per window), so that normalised inputs
+    :func:`streamgenre.model.features.window_input` applies per window), so that normalised inputs
     have zero mean and unit variance per band on the training set.
     """
     raw = replace(recipe, mean=0.0, std=1.0)
@@ -209,7 +209,7 @@ class WindowSampler:
         Per training clip, the frames of the original and of its augmented variants.
     targets : np.ndarray of int, shape (n_clips,)
     recipe : FeatureRecipe
-        Normalised recipe; windows go through :func:`streamgenre.features.window_input`.
+        Normalised recipe; windows go through :func:`streamgenre.model.features.window_input`.
     config : TrainConfig
     n_classes : int
     """

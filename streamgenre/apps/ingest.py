@@ -19,7 +19,7 @@ import soundfile as sf
 from kafka import KafkaProducer
 
 from streamgenre.config import Settings
-from streamgenre.wire import chunk_headers
+from streamgenre.stream.wire import chunk_headers
 
 
 class IngestError(RuntimeError):

@@ -2,7 +2,7 @@
 
 A *track embedding* is the mean of the model's per-window ``embedding`` outputs over the whole
 track, L2-normalised, so the cosine similarity of two tracks is the dot product of their
-embeddings. The windows are cut by :func:`streamgenre.features.clip_windows` with the model's
+embeddings. The windows are cut by :func:`streamgenre.model.features.clip_windows` with the model's
 own hop, exactly as training and the daemon cut them.
 
 A :class:`Catalog` is a directory (format in ``docs/similarity.md``)::
@@ -35,8 +35,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from streamgenre.features import clip_windows, resample, to_mono
-from streamgenre.model import GenreModel
+from streamgenre.model.contract import GenreModel
+from streamgenre.model.features import clip_windows, resample, to_mono
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Everything that can be wrong with a message is detected here and raised as :clas
 with a machine-readable ``reason``; the daemon routes those to the dead-letter topic.
 
 Outputs (``genre.predictions``, ``genre.events``) are pydantic models; their JSON Schemas are
-generated from these classes into ``streamgenre/schemas/`` (``python -m streamgenre.wire``),
+generated from these classes into ``streamgenre/stream/schemas/`` (``python -m streamgenre.stream.wire``),
 and a test checks that the committed schemas match and that emitted messages validate.
 """
 

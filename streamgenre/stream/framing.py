@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 import soxr
 
-from streamgenre.features import FeatureRecipe, StreamingLogMel, compress, frames_to_mel, window_input
-from streamgenre.wire import Chunk
+from streamgenre.model.features import FeatureRecipe, StreamingLogMel, compress, frames_to_mel, window_input
+from streamgenre.stream.wire import Chunk
 
 
 @dataclass
@@ -216,7 +216,7 @@ class Framer:
         """Feed decoded chunks in arrival order; one result per chunk.
 
         The same as pushing them one by one, but the new STFT frames of all of them go through a
-        single :func:`~streamgenre.features.frames_to_mel` pass: for 0.5 s chunks that is about a
+        single :func:`~streamgenre.model.features.frames_to_mel` pass: for 0.5 s chunks that is about a
         third cheaper per frame than one pass per chunk (fewer, larger numpy calls).
         """
         results: list[PushResult] = []

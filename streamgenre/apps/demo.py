@@ -21,13 +21,13 @@ import redis
 import soundfile as sf
 from pydantic import SecretStr
 
+from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port, wait_for_port
+from streamgenre.apps.ingest import ingest
+from streamgenre.apps.tail import follow
 from streamgenre.config import Settings
-from streamgenre.daemon import Daemon
-from streamgenre.devbroker import DevBroker, ensure_topics, free_port, wait_for_port
-from streamgenre.ingest import ingest
-from streamgenre.tail import follow
+from streamgenre.stream.daemon import Daemon
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 AUDIO_SUFFIXES = {".wav", ".au", ".ogg", ".flac", ".mp3"}
 
 

@@ -4,7 +4,7 @@ kafka-python's consumer is not thread-safe, so everything that touches it (poll,
 resume, commit, the rebalance callbacks) runs on the daemon's poll thread; the worker thread
 only ever hands it offsets to commit. Offsets are never auto-committed: the daemon commits a
 partition only up to the oldest chunk an open window still needs, after the outputs that
-depend on everything before it are acknowledged (see :mod:`streamgenre.daemon`).
+depend on everything before it are acknowledged (see :mod:`streamgenre.stream.daemon`).
 """
 
 from __future__ import annotations

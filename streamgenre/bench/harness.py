@@ -3,7 +3,7 @@
 Three measurements per model, in one run, so that they share the machine's state:
 
 * **ceiling** — features + inference in-process on in-memory audio: S streams of 22.05 kHz
-  chunks pushed through the daemon's own :class:`~streamgenre.framing.Framer` (resampling,
+  chunks pushed through the daemon's own :class:`~streamgenre.stream.framing.Framer` (resampling,
   incremental STFT/mel, windows) and micro-batched ``GenreModel.predict``; no broker, no
   decode, no publishing. Run in ``workers`` processes at once (the daemon's process count),
   so it is the box's compute ceiling for that process layout. Measured again after the
@@ -54,7 +54,7 @@ import numpy as np
 
 from streamgenre.config import SHIPPED_MODEL, Settings
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 INPUT_RATE = 22050
 N_VOICES = 8  # distinct signals shared round-robin by the simulated streams
 VOICE_S = 12.0
@@ -109,12 +109,12 @@ def _ceiling_worker(
     seed: int,
     out: Any,
 ) -> None:
-    from streamgenre.daemon import limit_native_threads
-    from streamgenre.framing import Arrival, Framer
-    from streamgenre.model import GenreModel
+    from streamgenre.model.contract import GenreModel
+    from streamgenre.stream.daemon import limit_native_threads
+    from streamgenre.stream.framing import Arrival, Framer
 
     limit_native_threads()  # as the daemon does
-    from streamgenre.wire import Chunk, ChunkHeaders
+    from streamgenre.stream.wire import Chunk, ChunkHeaders
 
     model = GenreModel(Path(model_path), threads=ort_threads)
     framer = Framer(model.recipe, model.spec.hop_frames)
@@ -226,9 +226,9 @@ def measure_baseline(model_path: Path, seconds: float = 5.0) -> dict[str, Any]:
     """Per window: resample (if needed) + ``librosa.feature.melspectrogram`` + LOG + batch-1 inference."""
     import librosa
 
-    from streamgenre.daemon import limit_native_threads
-    from streamgenre.features import reference_window
-    from streamgenre.model import GenreModel
+    from streamgenre.model.contract import GenreModel
+    from streamgenre.model.features import reference_window
+    from streamgenre.stream.daemon import limit_native_threads
 
     limit_native_threads()  # a fair baseline: the same BLAS setting as ours
     model = GenreModel(model_path, threads=1)
@@ -287,8 +287,8 @@ def _producer_main(
     """Separate process: S streams of s16le chunks, each sent when its audio is complete."""
     from kafka import KafkaProducer
 
-    from streamgenre.ingest import encode_pcm
-    from streamgenre.wire import chunk_headers
+    from streamgenre.apps.ingest import encode_pcm
+    from streamgenre.stream.wire import chunk_headers
 
     chunk_n = round(chunk_s * INPUT_RATE)
     chunk_ms = 1000.0 * chunk_n / INPUT_RATE
@@ -391,8 +391,8 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
     """Broker + ``cfg.workers`` daemon processes + real-time producer + output consumer."""
 
-    from streamgenre.devbroker import DevBroker
-    from streamgenre.model import load_spec
+    from streamgenre.apps.devbroker import DevBroker
+    from streamgenre.model.contract import load_spec
 
     spec = load_spec(model_path)
     hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
@@ -495,8 +495,8 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
     the tail) is the audio-seconds per second, i.e. real-time streams, the daemons sustain.
     """
 
-    from streamgenre.devbroker import DevBroker
-    from streamgenre.model import load_spec
+    from streamgenre.apps.devbroker import DevBroker
+    from streamgenre.model.contract import load_spec
 
     spec = load_spec(model_path)
     hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
@@ -554,12 +554,12 @@ def measure_transport(cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
     """The floor under the end-to-end run: what moving the chunks alone costs on this box.
 
     The same real-time producer and broker as :func:`measure_e2e`, read by the daemon's own
-    :class:`~streamgenre.source.ChunkSource` in this process, which drops every record. What
+    :class:`~streamgenre.stream.source.ChunkSource` in this process, which drops every record. What
     the broker, the producer and the source cost here is spent before any audio is decoded;
     on a 2-core box it bounds how many streams are left for the pipeline.
     """
-    from streamgenre.devbroker import DevBroker
-    from streamgenre.source import ChunkSource
+    from streamgenre.apps.devbroker import DevBroker
+    from streamgenre.stream.source import ChunkSource
 
     run, tmp = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-"))
     with DevBroker(log_path=tmp / "tansu.log") as broker:
@@ -609,7 +609,7 @@ def _redis_answers(cfg: E2EConfig) -> bool:
 
 def _run_settings(bootstrap: str, run: str, model_path: Path, partitions: int) -> Settings:
     """Settings with topics and a group of this run's own, the topics created on the broker."""
-    from streamgenre.devbroker import ensure_topics
+    from streamgenre.apps.devbroker import ensure_topics
 
     settings = Settings(
         bootstrap_servers=bootstrap, group_id=f"bench-{run}", input_topic=f"bench-in-{run}",
@@ -641,7 +641,7 @@ def _start_daemons(
     settings: Settings, cfg: E2EConfig, run: str, tmp: Path, redis_ok: bool
 ) -> tuple[list[subprocess.Popen], int]:
     """``cfg.workers`` ``streamgenre run`` processes in one group; returns them and the first metrics port."""
-    from streamgenre.devbroker import free_port
+    from streamgenre.apps.devbroker import free_port
 
     base_port = free_port()
     env = {
@@ -666,7 +666,7 @@ def _start_daemons(
         log = open(tmp / f"daemon-{w}.log", "wb")  # noqa: SIM115
         daemons.append(
             subprocess.Popen(
-                [sys.executable, "-m", "streamgenre.cli", "run"],
+                [sys.executable, "-m", "streamgenre.apps.cli", "run"],
                 env=env_w,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -1074,6 +1074,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from streamgenre.cli import main
+    from streamgenre.apps.cli import main
 
     sys.exit(main(["bench", *sys.argv[1:]]))

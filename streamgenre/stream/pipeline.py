@@ -15,16 +15,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamgenre.batching import MicroBatcher
 from streamgenre.config import Settings
-from streamgenre.features import log_mel, window_input
-from streamgenre.framing import Arrival, Framer, Window
-from streamgenre.metrics import Metrics
-from streamgenre.model import GenreModel
-from streamgenre.sinks import KafkaSink, OutMessage, RedisSink
-from streamgenre.smoothing import GenreSmoother
-from streamgenre.source import Record
-from streamgenre.wire import SCHEMA_VERSION, BadInput, GenreEvent, decode_chunk, encode_json, rounded_probs
+from streamgenre.model.contract import GenreModel
+from streamgenre.model.features import log_mel, window_input
+from streamgenre.stream.batching import MicroBatcher
+from streamgenre.stream.framing import Arrival, Framer, Window
+from streamgenre.stream.metrics import Metrics
+from streamgenre.stream.sinks import KafkaSink, OutMessage, RedisSink
+from streamgenre.stream.smoothing import GenreSmoother
+from streamgenre.stream.source import Record
+from streamgenre.stream.wire import SCHEMA_VERSION, BadInput, GenreEvent, decode_chunk, encode_json, rounded_probs
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ INTERNAL_ERROR = "internal_error"
 
 
 class NeighbourIndex(Protocol):
-    """What live neighbours need from a catalogue (see :mod:`streamgenre.similarity`)."""
+    """What live neighbours need from a catalogue (see :mod:`streamgenre.model.similarity`)."""
 
     def neighbours(self, embeddings: np.ndarray, k: int) -> list[dict]: ...
 
@@ -195,7 +195,7 @@ class Pipeline:
 
         Returns the prediction and its JSON bytes, which Redis stores as they were sent.
 
-        The prediction is built as a plain dict in :class:`~streamgenre.wire.Prediction`'s field
+        The prediction is built as a plain dict in :class:`~streamgenre.stream.wire.Prediction`'s field
         order rather than through pydantic: at hundreds of windows per second the model
         construction and dump were a measurable share of the worker. The schema stays the
         contract; ``tests/test_e2e.py`` validates every published message against it.

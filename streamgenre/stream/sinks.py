@@ -90,7 +90,7 @@ class KafkaSink:
         acknowledged; never blocks while all is well.
 
         This is what lets the worker commit without waiting for acks (see
-        :meth:`streamgenre.pipeline.Pipeline.checkpoint`). A failed message at the head falls
+        :meth:`streamgenre.stream.pipeline.Pipeline.checkpoint`). A failed message at the head falls
         back to :meth:`flush`, which resends it and may raise SinkError.
         """
         while self._pending:

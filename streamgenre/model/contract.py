@@ -1,7 +1,7 @@
 """The model contract: one ONNX file plus a JSON sidecar holding its exact feature recipe.
 
 The daemon serves whatever ``model/`` holds. The sidecar says how to turn audio into the
-``logmel`` input (see :mod:`streamgenre.features`), which labels the ``probs`` columns carry
+``logmel`` input (see :mod:`streamgenre.model.features`), which labels the ``probs`` columns carry
 and how long a window is, so swapping the pretrained tagger for a GTZAN-trained CNN is a file
 copy, not a code change.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from streamgenre.features import FeatureRecipe
+from streamgenre.model.features import FeatureRecipe
 
 
 class ModelError(RuntimeError):

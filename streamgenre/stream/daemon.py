@@ -5,7 +5,7 @@ Two threads, because they have opposite needs:
 * the **poll thread** owns the Kafka consumer (which is not thread-safe): it polls, keeps the
   group membership alive, pauses partitions when the worker falls behind (backpressure),
   commits the offsets the worker declares safe, and runs the rebalance callbacks;
-* the **worker thread** owns the :class:`~streamgenre.pipeline.Pipeline`: decoding, features,
+* the **worker thread** owns the :class:`~streamgenre.stream.pipeline.Pipeline`: decoding, features,
   inference and publishing, all CPU-bound, so the poll loop never waits for them and
   ``max_poll_interval_ms`` is never at risk.
 
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from kafka.errors import KafkaError
 
 from streamgenre.config import Settings
-from streamgenre.metrics import GcPauses, Health, Metrics, serve_http
-from streamgenre.model import GenreModel
-from streamgenre.pipeline import NeighbourIndex, Pipeline
-from streamgenre.sinks import KafkaSink, RedisSink, SinkError
-from streamgenre.source import ChunkSource, Record
+from streamgenre.model.contract import GenreModel
+from streamgenre.stream.metrics import GcPauses, Health, Metrics, serve_http
+from streamgenre.stream.pipeline import NeighbourIndex, Pipeline
+from streamgenre.stream.sinks import KafkaSink, RedisSink, SinkError
+from streamgenre.stream.source import ChunkSource, Record
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :func:`register` adds both subcommands to the main parser's subparsers; each sets
 ``handler`` to ``handler(args, settings=None) -> exit code``, the convention of
-:mod:`streamgenre.cli`. Errors a user can fix (a missing
+:mod:`streamgenre.apps.cli`. Errors a user can fix (a missing
 catalogue, a bad path, a catalogue built with another model) print one ``error:`` line on
 stderr and return 1 instead of a traceback.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 import soundfile as sf
 
 from streamgenre.config import Settings
-from streamgenre.model import GenreModel, ModelError
-from streamgenre.similarity import (
+from streamgenre.model.contract import GenreModel, ModelError
+from streamgenre.model.similarity import (
     DEFAULT_ANN_THRESHOLD,
     Catalog,
     CatalogError,

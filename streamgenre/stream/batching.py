@@ -8,7 +8,7 @@ comes first.
 
 from __future__ import annotations
 
-from streamgenre.framing import Window
+from streamgenre.stream.framing import Window
 
 
 class MicroBatcher:

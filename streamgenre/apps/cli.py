@@ -30,7 +30,7 @@ def _run_workers(settings: Settings) -> int:
     import subprocess
 
     children = [
-        subprocess.Popen([sys.executable, "-m", "streamgenre.cli", "run"],
+        subprocess.Popen([sys.executable, "-m", "streamgenre.apps.cli", "run"],
                          env={**os.environ, "STREAMGENRE_WORKERS": "1",
                               "STREAMGENRE_METRICS_PORT": str(settings.metrics_port + i)})
         for i in range(settings.workers)
@@ -50,11 +50,11 @@ def _run_workers(settings: Settings) -> int:
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.workers > 1:
         return _run_workers(settings)
-    from streamgenre.daemon import Daemon
+    from streamgenre.stream.daemon import Daemon
 
     catalog = None
     if settings.catalog_path is not None:
-        from streamgenre.similarity import Catalog
+        from streamgenre.model.similarity import Catalog
 
         catalog = Catalog.load(settings.catalog_path)
     Daemon(settings, catalog=catalog).run()
@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
-    from streamgenre.devbroker import DevBroker
+    from streamgenre.apps.devbroker import DevBroker
 
     # tansu runs in its own session, so it would outlive us if SIGTERM killed this process
     # outright; turning SIGTERM into SystemExit lets the finally block stop it.
@@ -81,7 +81,7 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from streamgenre.ingest import ingest
+    from streamgenre.apps.ingest import ingest
 
     sent = ingest(settings, args.sources, args.stream_id, speed=args.speed, chunk_s=args.chunk_s,
                   fmt=args.format, loop=args.loop)
@@ -90,7 +90,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
-    from streamgenre.tail import follow
+    from streamgenre.apps.tail import follow
 
     with contextlib.suppress(KeyboardInterrupt):
         follow(settings, threading.Event(), timeout_s=args.timeout, max_messages=args.max_messages)
@@ -98,7 +98,7 @@ def _cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streamgenre.demo import run_demo
+    from streamgenre.apps.demo import run_demo
 
     return run_demo(settings, args.files, speed=args.speed, max_streams=args.max_streams)
 
@@ -146,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre import bench, catalog_cli
+    from streamgenre.apps import catalog
+    from streamgenre.bench import harness
 
-    catalog_cli.register(sub)
-    bench.register(sub)
+    catalog.register(sub)
+    harness.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from streamgenre.devbroker import BrokerError
-    from streamgenre.ingest import IngestError
-    from streamgenre.model import ModelError
-    from streamgenre.similarity import CatalogError
+    from streamgenre.apps.devbroker import BrokerError
+    from streamgenre.apps.ingest import IngestError
+    from streamgenre.model.contract import ModelError
+    from streamgenre.model.similarity import CatalogError
 
     try:
         return args.handler(args, settings)
