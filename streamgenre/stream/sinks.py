@@ -148,13 +148,14 @@ class RedisSink:
     """Latest prediction and timeline per stream, written with one pipeline per batch.
 
     Keys: ``{prefix}:{stream_id}:latest`` (JSON string, TTL) and ``{prefix}:{stream_id}:timeline``
-    (Redis Stream, field ``json``, ``MAXLEN ~``).
+    (Redis Stream, field ``json``, ``MAXLEN ~``, expiring ``redis_timeline_ttl_s`` after its last write).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.prefix = settings.redis_prefix
         self.ttl_s = settings.redis_latest_ttl_s
         self.maxlen = settings.redis_timeline_maxlen
+        self.timeline_ttl_s = settings.redis_timeline_ttl_s
         self.retry_s = settings.redis_retry_s
         self.client = redis.Redis.from_url(
             settings.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
@@ -180,6 +181,10 @@ class RedisSink:
                 pipe = self.client.pipeline(transaction=False)
                 for stream_id, value in timeline:
                     pipe.xadd(self.key(stream_id, "timeline"), {"json": value}, maxlen=self.maxlen, approximate=True)
+                if self.timeline_ttl_s:
+                    # MAXLEN bounds a long stream; the TTL frees the timeline of one that ended.
+                    for stream_id in {stream_id for stream_id, _ in timeline}:
+                        pipe.expire(self.key(stream_id, "timeline"), self.timeline_ttl_s)
                 for stream_id, value in latest.items():
                     pipe.set(self.key(stream_id, "latest"), value, ex=self.ttl_s)
                 pipe.execute()
