@@ -52,12 +52,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return _run_workers(settings)
     from streamgenre.stream.daemon import Daemon
 
-    catalog = None
-    if settings.catalog_path is not None:
-        from streamgenre.model.similarity import Catalog
-
-        catalog = Catalog.load(settings.catalog_path)
-    Daemon(settings, catalog=catalog).run()
+    Daemon(settings).run()
     return 0
 
 

@@ -21,7 +21,7 @@ from streamgenre.model.features import log_mel, window_input
 from streamgenre.stream.batching import MicroBatcher
 from streamgenre.stream.framing import Arrival, Framer, Window
 from streamgenre.stream.metrics import Metrics
-from streamgenre.stream.sinks import KafkaSink, OutMessage, RedisSink
+from streamgenre.stream.sinks import CacheSink, OutMessage, OutputSink
 from streamgenre.stream.smoothing import GenreSmoother
 from streamgenre.stream.source import Record
 from streamgenre.stream.wire import SCHEMA_VERSION, BadInput, GenreEvent, decode_chunk, encode_json, rounded_probs
@@ -57,17 +57,18 @@ class Pipeline:
     model : GenreModel
         Loaded model; its sidecar fixes the features and the window hop (unless
         ``settings.hop_s`` overrides the hop).
-    kafka : KafkaSink
-        Receives predictions, events and dead letters.
-    redis : RedisSink or None
-        Latest + timeline cache; None disables it.
+    kafka : OutputSink
+        Receives predictions, events and dead letters (a :class:`~streamgenre.stream.sinks.KafkaSink`
+        in the daemon).
+    redis : CacheSink or None
+        Latest + timeline cache (a :class:`~streamgenre.stream.sinks.RedisSink`); None disables it.
     metrics : Metrics
     catalog : NeighbourIndex, optional
         When given, the top-k catalogue neighbours of each stream's recent audio are attached
         to its Redis ``latest`` value.
     """
 
-    def __init__(self, settings: Settings, model: GenreModel, kafka: KafkaSink, redis: RedisSink | None,
+    def __init__(self, settings: Settings, model: GenreModel, kafka: OutputSink, redis: CacheSink | None,
                  metrics: Metrics, catalog: NeighbourIndex | None = None) -> None:
         self.settings = settings
         self.model = model
