@@ -7,6 +7,7 @@ No timing assertions: timings on a shared CI machine mean nothing; the figures l
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from streamgenre import bench
 from streamgenre.apps.cli import main
+from streamgenre.bench.layout import make_layout, pinned_to
 
 
 def test_bench_quick_without_e2e_writes_json(
@@ -43,6 +45,8 @@ def test_bench_quick_without_e2e_writes_json(
         assert r["ceiling"]["state_bytes_per_stream"] > 0
         assert r["baseline"]["windows"] > 0
         assert r["ours_over_baseline"] > 0
+        # The bound (model + new-frame FFT) is printed beside the ratio in every run.
+        assert r["baseline"]["bound_audio_s_per_cpu_s"] > 0 and r["bound_over_baseline"] > 0
     assert result["machine"]["nproc"] >= 1 and "cpu_vector_flags" in result["machine"]
     assert "| cnn |" in capsys.readouterr().out
 
@@ -141,3 +145,28 @@ def test_committed_paper_cnn_is_what_training_builds(tmp_path: Path) -> None:
     assert [tuple(t.dims) for t in committed.graph.initializer] == [tuple(t.dims) for t in fresh.graph.initializer]
     sidecar = json.loads(bench.PAPER_CNN.with_suffix(".json").read_text())
     assert sidecar["features"] == json.loads((tmp_path / "fresh.json").read_text())["features"]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pinned layout needs two CPUs")
+def test_pinned_layout_places_the_daemon_apart_and_says_so(test_model: Path) -> None:
+    layout = make_layout("pinned")
+    cfg = bench.E2EConfig(streams=2, seconds=1.0, chunk_s=0.5, workers=1, warmup_s=3.0, partitions=1,
+                          daemon_cpus=layout.daemon_cpus)
+    before = os.sched_getaffinity(0)
+    with pinned_to(layout.other_cpus):
+        r = bench.measure_e2e(test_model, cfg, verbose=False)
+    assert os.sched_getaffinity(0) == before  # restored
+    assert r["affinity"]["daemons"] == [list(layout.daemon_cpus)]
+    assert r["affinity"]["broker"] == r["affinity"]["producer"] == list(layout.other_cpus)
+    assert r["windows"] > 0
+
+
+@pytest.mark.integration
+def test_memory_run_holds_every_stream(test_model: Path) -> None:
+    cfg = bench.E2EConfig(streams=20, seconds=0.0, chunk_s=0.5, workers=1, partitions=2)
+    r = bench.measure_memory(test_model, cfg, active=2, verbose=False)
+    assert r["windows"] >= 20  # every stream completed a window, so every stream holds state
+    assert r["rss_held_mb"] >= r["rss_before_mb"] > 0
+    assert r["rss_peak_mb"] >= r["rss_with_active_mb"] > 0
+    json.dumps(r)

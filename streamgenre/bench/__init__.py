@@ -28,10 +28,11 @@ nothing here imports ``training/`` or torch).
 window → publish ≤ 100 ms. Results go to ``benchmarks/results/<timestamp>.json``.
 
 Modules, one job each: ``audio`` (synthetic voices), ``models`` (which ONNX files),
-``ceiling``, ``baseline``, ``producer`` (the simulated live sources), ``daemons`` (settings,
-daemon processes, output consumer shared by the broker runs), ``e2e``, ``backlog`` (+ the
-transport floor), ``procfs`` (CPU and RSS of other processes), ``sweep``, ``report`` (machine,
-ratios, table), ``suite`` (one run of everything), ``command`` (argparse, the result file).
+``ceiling``, ``baseline`` (+ its bound), ``layout`` (pinning), ``memory`` (RSS at scale),
+``producer`` (the simulated live sources), ``daemons`` (settings, daemon processes, output
+consumer shared by the broker runs), ``e2e``, ``backlog`` (+ the transport floor), ``procfs``
+(CPU and RSS of other processes), ``sweep``, ``report`` (machine, ratios, table), ``suite``
+(one run of everything), ``command`` (argparse, the result file).
 """
 
 from streamgenre.bench.audio import INPUT_RATE, N_VOICES, voice
@@ -40,6 +41,7 @@ from streamgenre.bench.baseline import measure_baseline
 from streamgenre.bench.ceiling import ceiling_worker, measure_ceiling
 from streamgenre.bench.daemons import E2EConfig
 from streamgenre.bench.e2e import cpu_by_second, latency_by_second, measure_e2e
+from streamgenre.bench.memory import measure_memory
 from streamgenre.bench.models import PAPER_CNN, STUDENT_MODEL, model_paths, served_model
 from streamgenre.bench.report import over_ceiling
 from streamgenre.bench.sweep import sweep
@@ -57,6 +59,7 @@ __all__ = [
     "measure_baseline",
     "measure_ceiling",
     "measure_e2e",
+    "measure_memory",
     "measure_transport",
     "model_paths",
     "over_ceiling",

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from streamgenre.bench.layout import LAYOUTS
 from streamgenre.bench.models import MODEL_CHOICES
 from streamgenre.bench.report import table
 from streamgenre.bench.suite import run_bench
@@ -47,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring (first windows)")
     bench.add_argument("--chunk-s", type=float, default=0.5, help="seconds of audio per chunk")
     bench.add_argument("--workers", type=int, default=2, help="daemon processes in one consumer group")
+    bench.add_argument(
+        "--layout", choices=LAYOUTS, default="shared",
+        help="pinned: the daemon processes, the ceiling and the baseline on the last CPU, broker + producer "
+        "+ this process on the others (os.sched_setaffinity; recorded in the JSON)",
+    )
     bench.add_argument("--partitions", type=int, default=8)
     bench.add_argument("--max-batch", type=int, default=Settings.model_fields["max_batch"].default)
     bench.add_argument("--max-wait-ms", type=float, default=20.0)
@@ -59,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backlog-streams", type=int, default=0,
         help="also measure the daemons draining a pre-produced backlog of this many streams x --seconds",
     )
+    bench.add_argument(
+        "--memory-streams", type=int, nargs="*", default=[],
+        help="also measure the daemons' RSS holding this many streams (each count in turn), e.g. 1000 10000",
+    )
+    bench.add_argument("--memory-active", type=int, default=100, help="streams sending live in the memory run")
     bench.add_argument("--sweep-start", type=int, default=125)
     bench.add_argument("--sweep-limit", type=int, default=4000)
     bench.add_argument(

@@ -28,6 +28,8 @@ class E2EConfig:
     max_batch: int = Settings.model_fields["max_batch"].default
     max_wait_ms: float = 20.0
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: CPUs the daemon processes are pinned to (layout ``pinned``); empty: wherever the OS puts them.
+    daemon_cpus: tuple[int, ...] = ()
 
 
 def redis_answers(cfg: E2EConfig) -> bool:
@@ -101,6 +103,8 @@ def start_daemons(
                 env=env_w,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # In the child before exec, so every thread the daemon starts inherits the pinning.
+                preexec_fn=(lambda: os.sched_setaffinity(0, cfg.daemon_cpus)) if cfg.daemon_cpus else None,
             )
         )
     return daemons, base_port

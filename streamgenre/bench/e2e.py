@@ -22,6 +22,7 @@ from streamgenre.bench.daemons import (
     running_daemons,
     wait_group_ready,
 )
+from streamgenre.bench.layout import affinity
 from streamgenre.bench.procfs import cpu_seconds, rss_bytes
 from streamgenre.bench.producer import start_producer
 
@@ -76,6 +77,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             rss_peak = 0
             measure_from, measure_to = start_at + cfg.warmup_s, start_at + duration
             cpu_mark: dict[str, float] = {}
+            placed: dict[str, Any] = {}
 
             def box_cpu() -> tuple[float, float, float]:
                 """CPU-seconds so far of the daemons and of what shares the box with them: the broker
@@ -101,6 +103,11 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
                     if mark not in cpu_mark and now >= at:
                         cpu_mark[mark], cpu_mark[f"broker_{mark}"], cpu_mark[f"producer_{mark}"] = box_cpu()
                         cpu_mark[f"harness_{mark}"] = time.process_time()  # this process: the output consumer
+                        if mark == "start":
+                            # Read back, not assumed: the result file says where each part really ran.
+                            placed = {"daemons": [affinity(d.pid) for d in daemons], "bench": affinity(0),
+                                      "broker": affinity(broker.process.pid) if broker.process else None,
+                                      "producer": affinity(producer.pid) if producer.pid else None}
                         rss_peak = max(rss_peak, sum(rss_bytes(d.pid) for d in daemons))
                 if now > measure_to + 2.0 and not producer.is_alive() and len(received) >= expected_total:
                     break
@@ -132,6 +139,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
         redis_ok,
     )
     summary["cpu_s_per_s_by_second"] = cpu_by_second(cpu_samples, measure_from)
+    summary["affinity"] = placed
     return summary
 
 
