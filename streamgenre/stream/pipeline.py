@@ -108,16 +108,19 @@ class Pipeline:
         (:meth:`Framer.push_many`); a bad record goes to the DLQ without holding up the others.
         """
         arrivals: list[Arrival] = []
+        decoded_records: list[Record] = []
         for record in records:
             self.metrics.chunks.inc()
             self.metrics.bytes.inc(len(record.value or b""))
             try:
-                chunk = decode_chunk(record.key, record.value, record.headers, self.settings.max_message_bytes)
+                chunk = decode_chunk(record.key, record.value, record.headers, self.settings.max_message_bytes,
+                                     self.settings.max_decoded_s)
             except BadInput as exc:
                 self.metrics.decode_errors.labels(exc.reason.value).inc()
                 self.dead_letter(record, exc.reason.value, exc.detail)
             else:
                 arrivals.append(Arrival(chunk, record.partition, record.offset, record.received_at))
+                decoded_records.append(record)
         try:
             results = self.framer.push_many(arrivals)
         except Exception as exc:  # a bug must cost these records, not the process and every station with it
@@ -129,6 +132,10 @@ class Pipeline:
                 if (record.partition, record.offset) in decoded:
                     self.dead_letter(record, INTERNAL_ERROR, repr(exc))
             results = []
+        for record, result in zip(decoded_records, results, strict=False):
+            if result.bad_input is not None:  # a long container's later block failed to decode
+                self.metrics.decode_errors.labels(result.bad_input.reason.value).inc()
+                self.dead_letter(record, result.bad_input.reason.value, result.bad_input.detail)
         now = time.monotonic()
         for result in results:
             if result.reset_reason:
