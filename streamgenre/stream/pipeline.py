@@ -223,6 +223,7 @@ class Pipeline:
             "smoothed_genre": smoother.smoothed_genre, "smoothed_probs": rounded_probs(labels, smoother.probs),
             "model_version": self.model.version,
             "latency_ms": round(1000 * (time.monotonic() - window.completed_at), 3),
+            "title": window.title,
         }
         value = encode_json(prediction)
         self.kafka.send(OutMessage(self.settings.output_topic, key, value))

@@ -1,7 +1,8 @@
 """Message formats: the input chunk (Kafka headers + audio bytes) and the JSON outputs.
 
 Input (topic ``audio.chunks``): key = stream id (UTF-8), value = audio bytes, headers
-``content-type``, ``sample-rate`` + ``channels`` (PCM only), ``seq``, ``ts``, optional ``eos``.
+``content-type``, ``sample-rate`` + ``channels`` (PCM only), ``seq``, ``ts``, optional ``eos`` and
+``title`` (the now-playing title, e.g. a radio's ICY ``StreamTitle``, carried into each prediction).
 Everything that can be wrong with a message is detected here and raised as :class:`BadInput`
 with a machine-readable ``reason``; the daemon routes those to the dead-letter topic.
 
@@ -28,6 +29,7 @@ SCHEMA_VERSION = 1
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 96000
 MAX_CHANNELS = 32
+MAX_TITLE_CHARS = 512
 PCM_TYPES = {"audio/pcm;format=s16le": np.dtype("<i2"), "audio/pcm;format=f32le": np.dtype("<f4")}
 CONTAINER_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg"}
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -69,6 +71,7 @@ class ChunkHeaders(BaseModel):
     seq: int = Field(ge=0)
     ts: int = Field(ge=0, description="epoch ms of the chunk's first sample")
     eos: bool = False
+    title: str | None = Field(None, description="now-playing title of the chunk's audio (ICY StreamTitle)")
 
 
 class Chunk(BaseModel):
@@ -96,6 +99,18 @@ def _header(headers: dict[str, bytes], name: str, required: bool = True) -> str 
         raise BadInput(Reason.INVALID_HEADER, f"header {name!r} is not UTF-8") from exc
 
 
+def _title(raw: bytes | None) -> str | None:
+    """The optional ``title`` header, never a reason to refuse the audio it labels.
+
+    Radio titles come from third parties (ICY metadata is often Latin-1 or worse): undecodable
+    bytes are replaced and an overlong title is cut, rather than dead-lettering good audio.
+    """
+    if raw is None:
+        return None
+    title = raw.decode("utf-8", "replace").strip()[:MAX_TITLE_CHARS]
+    return title or None
+
+
 def parse_headers(raw_headers: list[tuple[str, bytes]] | None) -> ChunkHeaders:
     """Validate Kafka headers into :class:`ChunkHeaders` (names are case-insensitive)."""
     headers = {name.lower(): value for name, value in (raw_headers or []) if value is not None}
@@ -110,6 +125,7 @@ def parse_headers(raw_headers: list[tuple[str, bytes]] | None) -> ChunkHeaders:
                 raise BadInput(Reason.INVALID_HEADER, f"header {name!r}={value!r} is not an integer") from exc
     eos = _header(headers, "eos", required=False)
     fields["eos"] = eos is not None and eos.lower() in {"1", "true", "yes"}
+    fields["title"] = _title(headers.get("title"))
     try:
         parsed = ChunkHeaders.model_validate(fields)
     except ValidationError as exc:
@@ -262,8 +278,9 @@ def decode_chunk(key: bytes | None, payload: bytes | None, raw_headers: list[tup
 
 
 def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | None = None,
-                  channels: int | None = None, eos: bool = False) -> list[tuple[str, bytes]]:
-    """Kafka headers for one chunk, as producers (``streamgenre ingest``) must send them."""
+                  channels: int | None = None, eos: bool = False,
+                  title: str | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers for one chunk, as producers (``streamgenre ingest``, ``relay``) must send them."""
     headers = [("content-type", content_type), ("seq", str(seq)), ("ts", str(ts_ms))]
     if sample_rate is not None:
         headers.append(("sample-rate", str(sample_rate)))
@@ -271,6 +288,8 @@ def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | No
         headers.append(("channels", str(channels)))
     if eos:
         headers.append(("eos", "1"))
+    if title:
+        headers.append(("title", title[:MAX_TITLE_CHARS]))
     return [(name, value.encode()) for name, value in headers]
 
 
@@ -290,6 +309,7 @@ class Prediction(BaseModel):
     smoothed_probs: dict[str, float]
     model_version: str
     latency_ms: float = Field(description="window complete (last audio received) to publish, ms")
+    title: str | None = Field(None, description="now-playing title (chunk header `title`) when the window completed")
     neighbours: list[dict] | None = Field(None, description="top-k catalogue tracks (Redis only, optional)")
 
 
