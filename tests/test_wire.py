@@ -156,6 +156,8 @@ def test_hot_path_json_matches_pydantic_output() -> None:
         "probs": {"jazz": 0.91234, "rock": 0.08766}, "smoothed_genre": "jazz",
         "smoothed_probs": {"jazz": 0.8, "rock": 0.2}, "model_version": "m-1", "latency_ms": 12.5,
         "title": "Café Tacvba – Eres",
+        "state": "music", "state_probs": {"music": 0.9, "speech": 0.05, "mixed": 0.05, "silence": 0.0},
+        "level_dbfs": -18.5,
     }
     assert encode_json(payload) == Prediction.model_validate(payload).model_dump_json(exclude_none=True).encode()
 

@@ -6,9 +6,10 @@ Input (topic ``audio.chunks``): key = stream id (UTF-8), value = audio bytes, he
 Everything that can be wrong with a message is detected here and raised as :class:`BadInput`
 with a machine-readable ``reason``; the daemon routes those to the dead-letter topic.
 
-Outputs (``genre.predictions``, ``genre.events``) are pydantic models; their JSON Schemas are
-generated from these classes into ``streamgenre/stream/schemas/`` (``python -m streamgenre.stream.wire``),
-and a test checks that the committed schemas match and that emitted messages validate.
+Outputs (``genre.predictions``, ``genre.events``, ``genre.segments``, ``genre.alerts``) are
+pydantic models; their JSON Schemas are generated from these classes into
+``streamgenre/stream/schemas/`` (``python -m streamgenre.stream.wire``), and a test checks that
+the committed schemas match and that emitted messages validate.
 """
 
 from __future__ import annotations
@@ -293,6 +294,9 @@ def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | No
     return [(name, value.encode()) for name, value in headers]
 
 
+ContentStateName = Literal["music", "speech", "mixed", "silence"]
+
+
 class Prediction(BaseModel):
     """One window's classification (topic ``genre.predictions``, Redis latest/timeline)."""
 
@@ -302,16 +306,50 @@ class Prediction(BaseModel):
     t_start: float = Field(description="window start, seconds of stream time (the producer's ts clock)")
     t_end: float = Field(description="window end, seconds of stream time")
     ts: int = Field(description="epoch ms of the window end (producer clock)")
-    genre: str
+    genre: str | None = Field(description="top genre of this window; null unless state is music")
     confidence: float = Field(ge=0, le=1)
-    probs: dict[str, float]
-    smoothed_genre: str
-    smoothed_probs: dict[str, float]
+    probs: dict[str, float] = Field(description="the genre model's output, whatever the state")
+    smoothed_genre: str | None = Field(description="genre after smoothing; null unless state is music")
+    smoothed_probs: dict[str, float] = Field(description="smoothed genre probabilities of the music windows so far")
     model_version: str
     latency_ms: float = Field(description="window complete (last audio received) to publish, ms")
     title: str | None = Field(None, description="now-playing title (chunk header `title`) when the window completed")
     neighbours: list[dict] | None = Field(None, description="top-k catalogue tracks (Redis only, optional)")
+    state: ContentStateName = Field(description="content of the window: music, speech, mixed or silence")
+    state_probs: dict[str, float] = Field(description="probability of each state (they sum to 1)")
+    level_dbfs: float = Field(description="RMS level of the window, dBFS (full-scale sine = -3, floor -120)")
 
+
+class SegmentMessage(BaseModel):
+    """A closed run of windows with one state, genre and title (topic ``genre.segments``,
+    Redis ``{prefix}:{stream}:segments``)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    stream_id: str
+    start: float = Field(description="stream time (s, producer clock) of the first window's start")
+    end: float = Field(description="stream time (s) of the last window's end")
+    duration_s: float
+    state: ContentStateName
+    genre: str | None = Field(description="smoothed genre while music, else null")
+    confidence: float = Field(ge=0, le=1, description="mean probability of the segment's state over its windows")
+    genre_confidence: float | None = Field(None, description="mean smoothed probability of its genre (music only)")
+    title: str | None = Field(None, description="now-playing title (chunk header `title`)")
+    windows: int = Field(ge=1)
+
+
+class StreamAlert(BaseModel):
+    """Dead air or a stream down/up (topic ``genre.alerts``)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    stream_id: str
+    kind: Literal["dead_air_start", "dead_air_end", "stream_down", "stream_up"]
+    at_t: float = Field(description="stream time (s): where the silence began / the last or first audio")
+    silent_s: float = Field(description="seconds of silence (dead air) or without audio (stream down) so far")
+    ts: int = Field(description="epoch ms (producer clock) when the alert was raised")
+    title: str | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
 
 class GenreEvent(BaseModel):
     """A change of the smoothed genre of a stream (topic ``genre.events``)."""
@@ -341,7 +379,8 @@ def rounded_probs(labels: list[str], probs: np.ndarray) -> dict[str, float]:
 
 def write_schemas(directory: Path = SCHEMA_DIR) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    for name, model in (("prediction", Prediction), ("event", GenreEvent)):
+    for name, model in (("prediction", Prediction), ("event", GenreEvent), ("segment", SegmentMessage),
+                        ("alert", StreamAlert)):
         schema = model.model_json_schema(by_alias=True)
         (directory / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
 
