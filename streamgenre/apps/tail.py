@@ -33,10 +33,17 @@ def stream_clock(epoch_s: float) -> str:
 
 
 def format_prediction(p: dict) -> str:
-    change = "" if p["genre"] == p["smoothed_genre"] else f" (now {p['genre']} {p['confidence']:.2f})"
+    # Genre only while music; otherwise the content state (speech, mixed, silence) takes its place.
+    genre = p.get("smoothed_genre")
+    if genre is None:
+        label = f"{p.get('state', '?'):<10} {p.get('state_probs', {}).get(p.get('state'), 0.0):.2f}"
+        change = ""
+    else:
+        label = f"{genre:<10} {p['smoothed_probs'][genre]:.2f}"
+        change = "" if p["genre"] == genre else f" (now {p['genre']} {p['confidence']:.2f})"
+    title = f"  \u266a {p['title']}" if p.get("title") else ""
     return (f"{stream_clock(p['t_start'])}  {p['stream_id']:<28.28}  "
-            f"{p['smoothed_genre']:<10} {p['smoothed_probs'][p['smoothed_genre']]:.2f}{change}  "
-            f"[{p['latency_ms']:.0f} ms]")
+            f"{label}{change}  [{p['latency_ms']:.0f} ms]{title}")
 
 
 def format_event(e: dict) -> str:
