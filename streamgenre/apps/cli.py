@@ -94,7 +94,9 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     chunks, seconds = sum(r.chunks for r in reports), sum(r.seconds for r in reports)
     failed = sum(r.error is not None for r in reports)
     if not chunks:
-        print(f"streamgenre ingest: error: no audio published for stream {args.stream_id!r}", file=sys.stderr)
+        if len(reports) > 1:  # with one input, its own error line says it all
+            print(f"streamgenre ingest: error: none of the {len(reports)} inputs gave audio; nothing published",
+                  file=sys.stderr)
         return 2
     print(f"published {chunks} chunks ({seconds:.2f} s) of stream {args.stream_id!r} to {settings.input_topic}"
           + (f"; {failed} of {len(reports)} inputs failed" if failed else ""))

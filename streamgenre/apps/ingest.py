@@ -7,6 +7,7 @@ and resamples, so producers stay dumb and cheap.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -80,9 +81,11 @@ def _ffmpeg_blocks(source: str, block_s: float, report: SourceReport) -> Iterato
         stderr.seek(0)
         lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
     if returncode != 0:
-        # The last line is ffmpeg's conclusion; it prefixes it with the input's name already.
-        message = (lines[-1] if lines else f"exit status {returncode}").removeprefix(f"{source}: ")
-        raise IngestError(f"{source}: ffmpeg: {message}")
+        # The cause ("Failed to resolve hostname ...") comes before ffmpeg's conclusion
+        # ("Input/output error"): keep both, without the "[tcp @ 0x...]" and input-name prefixes.
+        parts = list(dict.fromkeys(re.sub(r"^\[[^]]*\] ", "", line).removeprefix(f"{source}: ") for line in lines))
+        parts = [part for part in parts if not any(part in other for other in parts if other != part)]
+        raise IngestError(f"{source}: ffmpeg: {'; '.join(parts) or f'exit status {returncode}'}")
 
 
 def _ogg_is_truncated(path: Path) -> bool:
@@ -128,6 +131,8 @@ def read_blocks(source: str, block_s: float, report: SourceReport | None = None)
     path = Path(source)
     if not path.is_file():
         raise IngestError(f"{source}: no such file")
+    if not path.stat().st_size:
+        raise IngestError(f"{source}: empty file (0 bytes)")
     try:
         info = sf.info(str(path))
     except sf.LibsndfileError:
