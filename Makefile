@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 # Debian packages (ffmpeg, icecast2, prometheus) are installed by .ci/system-packages.sh when missing.
-.PHONY: demo test test-fast test-faults reliability lint train student model bench deploy-check schemas clean
+.PHONY: demo test test-fast test-faults reliability lint train student model bench bench-model deploy-check schemas clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ model: $(CONVERT_VENV)/.installed
 
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/streamgenre bench
+
+# Rebuild the bench's random-init paper CNN (committed, so the serving package never needs torch).
+bench-model: $(VENV)/.test-installed
+	PYTHONPATH=. $(PY) -c "from training.cnn import build_random_onnx; build_random_onnx('benchmarks/models/paper_cnn.onnx')"
 
 deploy-check: $(VENV)/.test-installed
 	bash deploy/check.sh

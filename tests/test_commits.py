@@ -12,6 +12,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,8 @@ class FakeCache:
     def __init__(self) -> None:
         self.latest: dict[str, bytes] = {}
 
-    def write(self, timeline: list[tuple[str, bytes]], latest: dict[str, bytes]) -> bool:
+    def write(self, timeline: list[tuple[str, bytes]], latest: dict[str, bytes],
+              segments: Sequence[tuple[str, bytes]] = ()) -> bool:
         self.latest.update(latest)
         return True
 

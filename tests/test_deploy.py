@@ -50,6 +50,7 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 CHART_OVERRIDES = {
     "bootstrap_servers": "a loopback broker is meaningless in a cluster",
     "model_path": "the image bakes the model at /app/model, not beside the source tree",
+    "content_model_path": "the image bakes the model at /app/model, not beside the source tree",
 }
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
                    "offset", "bool", "inf", "nan"}

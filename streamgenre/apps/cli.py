@@ -153,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
     from streamgenre.apps import catalog
-    from streamgenre.bench import harness
+    from streamgenre.bench import command as bench_command
 
     catalog.register(sub)
-    harness.register(sub)
+    bench_command.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
