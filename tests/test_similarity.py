@@ -292,7 +292,7 @@ def test_max_windows_bounds_work_and_queries_follow_the_catalogue(library: dict,
 
 def test_ann_missing_falls_back_to_exact(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
                                          ) -> None:
-    monkeypatch.setattr(similarity, "_load_faiss", lambda: None)
+    monkeypatch.setattr(similarity.index, "load_faiss", lambda: None)
     base = _clustered(500, 16, seed=2)
     catalog = _catalog(base, threshold=100)
     with caplog.at_level(logging.WARNING, logger="streamgenre.model.similarity"):
