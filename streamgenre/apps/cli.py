@@ -1,7 +1,18 @@
 """``streamgenre`` command line: builds Settings from the environment and flags, then hands off.
 
 Each subcommand is a thin shell around a module that does the work (daemon, devbroker,
-ingest, tail, demo, catalog_cli, bench), so everything here is argument parsing and errors.
+ingest, tail, demo, catalog, bench), so everything here is argument parsing and errors.
+
+Exit codes, the same for every command:
+
+* **0** — done.
+* **2** — a usage or start-up error, nothing done: a bad option (argparse's own message), or an
+  error the user can fix — :class:`~streamgenre.apps.errors.UsageError`, a missing or invalid model
+  (``ModelError``) or catalogue (``CatalogError``), a missing file, bad ingest input, the dev
+  broker failing to start, no Kafka broker answering. Printed as one line,
+  ``streamgenre COMMAND: error: MESSAGE``, on stderr, without a traceback. :func:`main` is the
+  one place that maps these errors to messages; a command raises, it does not print and return.
+* **1** — anything else: a bug, reported by Python with its traceback.
 """
 
 from __future__ import annotations
@@ -154,13 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from streamgenre.apps.devbroker import BrokerError
+    from streamgenre.apps.errors import UsageError
     from streamgenre.apps.ingest import IngestError
     from streamgenre.model.contract import ModelError
     from streamgenre.model.similarity import CatalogError
 
     try:
         return args.handler(args, settings)
-    except (ModelError, IngestError, BrokerError, CatalogError, FileNotFoundError) as exc:
+    except (UsageError, ModelError, IngestError, BrokerError, CatalogError, FileNotFoundError) as exc:
         print(f"streamgenre {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (KafkaConnectionError, KafkaTimeoutError):
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KafkaError as exc:
-        print(f"streamgenre {args.command}: Kafka error: {exc}", file=sys.stderr)
+        print(f"streamgenre {args.command}: error: Kafka: {exc}", file=sys.stderr)
         return 2
 
 
