@@ -82,6 +82,12 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from streamgenre.apps.ingest import ingest
+    from streamgenre.apps.radio import is_live_url
+
+    if any(is_live_url(source) for source in args.sources):
+        from streamgenre.apps.relay import ingest_live
+
+        return ingest_live(settings, args.sources, args.stream_id)
 
     sent = ingest(settings, args.sources, args.stream_id, speed=args.speed, chunk_s=args.chunk_s,
                   fmt=args.format, loop=args.loop)
@@ -120,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--storage", default="memory://tansu/", help="tansu storage engine URL")
     broker.set_defaults(handler=_cmd_broker)
 
-    ing = sub.add_parser("ingest", help="publish audio files/URLs as one live stream of chunks")
+    ing = sub.add_parser("ingest", help="publish audio files as one live stream of chunks, or relay one live "
+                         "http(s) radio URL until stopped")
     ing.add_argument("sources", nargs="+", metavar="PATH|URL")
     ing.add_argument("--stream-id", required=True)
     ing.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
@@ -146,11 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre.apps import catalog
+    from streamgenre.apps import catalog, relay
     from streamgenre.bench import harness
 
     catalog.register(sub)
     harness.register(sub)
+    relay.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
