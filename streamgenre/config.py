@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     neighbours_k: int = Field(5, description="Neighbours attached to :latest when a catalogue is set.")
     neighbours_window_s: float = Field(30.0, description="Recent audio whose embeddings are averaged for neighbours.")
 
+    # Radio relay (`streamgenre relay`, `streamgenre ingest URL`)
+    relay_metrics_port: int = Field(9110, description="Port of the relay's /metrics, /healthz, /readyz.")
+    relay_sample_rate: int = Field(22050, ge=8000, le=96000, description="Rate of the mono PCM the relay sends.")
+    relay_chunk_s: float = Field(0.5, gt=0, description="Seconds of audio per chunk the relay sends.")
+    relay_read_timeout_s: float = Field(
+        10.0, gt=0, description="A station that sends no bytes, or no decodable audio, this long is reconnected.")
+    relay_backoff_initial_s: float = Field(1.0, gt=0, description="First reconnect delay of a station (doubles).")
+    relay_backoff_max_s: float = Field(60.0, gt=0, description="Cap of a station's reconnect delay.")
+
     # Operations
     metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics, /healthz, /readyz.")
     metrics_port: int = Field(9100, description="Port of /metrics, /healthz, /readyz.")

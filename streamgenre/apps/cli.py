@@ -91,6 +91,12 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """One line per input (errors and warnings on stderr); exit 2 when nothing was published,
     1 when some inputs failed, 0 when every input gave audio."""
     from streamgenre.apps.ingest import SourceReport, ingest
+    from streamgenre.apps.radio import is_live_url
+
+    if any(is_live_url(source) for source in args.sources):
+        from streamgenre.apps.relay import ingest_live
+
+        return ingest_live(settings, args.sources, args.stream_id)
 
     def report(source: SourceReport) -> None:
         if source.error is not None:
@@ -166,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--storage", default="memory://tansu/", help="tansu storage engine URL")
     broker.set_defaults(handler=_cmd_broker)
 
-    ing = sub.add_parser("ingest", help="publish audio files/URLs as one live stream of chunks")
+    ing = sub.add_parser("ingest", help="publish audio files as one live stream of chunks, or relay one live "
+                         "http(s) radio URL until stopped")
     ing.add_argument("sources", nargs="+", metavar="PATH|URL")
     ing.add_argument("--stream-id", required=True,
                      help=f"Kafka key of every chunk: 1-{STREAM_ID_MAX_LENGTH} characters of {STREAM_ID_CHARACTERS}")
@@ -203,11 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre.apps import catalog
+    from streamgenre.apps import catalog, relay
     from streamgenre.bench import command as bench_command
 
     catalog.register(sub)
     bench_command.register(sub)
+    relay.register(sub)
 
 
 def configure_logging(settings: Settings, level: str | None = None) -> None:
