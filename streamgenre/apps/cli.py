@@ -146,11 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre.apps import catalog
+    from streamgenre.apps import catalog, report
     from streamgenre.bench import harness
 
     catalog.register(sub)
     harness.register(sub)
+    report.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

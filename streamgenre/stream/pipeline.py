@@ -210,11 +210,12 @@ class Pipeline:
         contract; ``tests/test_e2e.py`` validates every published message against it.
         """
         labels = self.model.labels
+        content = self.content.classify(window.logmel)
+        new_programme = self.content.new_programme(window.stream_id, content.state, window.t_start)
         smoother = self.smoothers.get(window.stream_id)
-        if smoother is None:
+        if smoother is None or new_programme:
             smoother = GenreSmoother(labels, self.settings.ema_alpha, self.settings.change_min_s)
             self.smoothers[window.stream_id] = smoother
-        content = self.content.classify(window.logmel)
         # Genre only while music: speech and silence would drag the smoothed genre (a news
         # bulletin used to come out as "hiphop"), so they do not reach the smoother either.
         music = content.state == "music"
