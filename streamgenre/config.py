@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(1000, description="Consumer heartbeat interval.")
     max_poll_interval_ms: int = Field(60000, description="Max time between polls before the member is evicted.")
     max_message_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted chunk; larger goes to the DLQ.")
+    max_decoded_s: float = Field(
+        1200.0, gt=0,
+        description="Most audio one container message (WAV/FLAC/Ogg) may decode to, in seconds; a file that "
+        "declares or decodes to more goes to the DLQ as a decompression bomb.",
+    )
     fetch_max_wait_ms: int = Field(
         100, ge=1,
         description="Longest the broker holds a fetch short of fetch_min_bytes (bounds delivery delay).",

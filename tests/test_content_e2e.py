@@ -19,7 +19,6 @@ from kafka import KafkaProducer
 from streamgenre.apps.report import build_report
 from streamgenre.config import SHIPPED_CONTENT_MODEL, SHIPPED_MODEL
 from streamgenre.model.features import resample, to_mono
-from streamgenre.stream.framing import Window
 from streamgenre.stream.wire import SegmentMessage, StreamAlert, chunk_headers
 from tests.conftest import REDIS_URL, SHARED, isolated_settings, read_topic, running_daemon
 
@@ -61,8 +60,7 @@ def send(settings, parts: list[tuple[np.ndarray, str]]) -> None:
     sent = 0
     for seq, (samples, title) in enumerate(chunks):
         headers = chunk_headers("audio/pcm;format=s16le", seq, START_MS + sent * 1000 // RATE, RATE, 1,
-                                eos=seq == len(chunks) - 1)
-        headers.append(("title", title.encode()))
+                                eos=seq == len(chunks) - 1, title=title)
         pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
         producer.send(settings.input_topic, key=b"radio-e2e", value=pcm, headers=headers)
         sent += len(samples)
@@ -97,8 +95,11 @@ def test_song_speech_silence_song_timeline(broker, redis_prefix: str, tmp_path) 
     assert abs(silence["start"] - silence_start) < 4.0 and silence["duration_s"] >= 12.0
     assert [a["kind"] for a in alerts] == ["dead_air_start", "dead_air_end"]
     assert alerts[1]["silent_s"] >= settings.dead_air_s
-    if "title" in Window.__dataclass_fields__:  # titles travel once the title header is wired (wt-18a)
-        assert segments[-1]["title"] == PROGRAMME[-1][2] and segments[0]["title"] == PROGRAMME[0][2]
+    # With titles, each song is one segment, its genre the one most of its windows had.
+    assert segments[0]["title"] == PROGRAMME[0][2] and segments[-1]["title"] == PROGRAMME[-1][2]
+    assert segments[0]["state"] == segments[-1]["state"] == "music"
+    assert segments[0]["genre"] and segments[-1]["genre"]
+    assert {s["title"] for s in segments if s["state"] in ("speech", "silence")} == {"News"}
 
     stored = redis.Redis.from_url(REDIS_URL).xrange(f"{redis_prefix}:radio-e2e:segments")
     assert [json.loads(fields[b"json"]) for _, fields in stored] == segments

@@ -23,7 +23,7 @@ from streamgenre.stream.content import ContentStage
 from streamgenre.stream.framing import Arrival, Framer, Window
 from streamgenre.stream.metrics import Metrics
 from streamgenre.stream.segments import WindowState
-from streamgenre.stream.sinks import KafkaSink, OutMessage, RedisSink
+from streamgenre.stream.sinks import CacheSink, OutMessage, OutputSink
 from streamgenre.stream.smoothing import GenreSmoother
 from streamgenre.stream.source import Record
 from streamgenre.stream.wire import SCHEMA_VERSION, BadInput, GenreEvent, decode_chunk, encode_json, rounded_probs
@@ -59,17 +59,18 @@ class Pipeline:
     model : GenreModel
         Loaded model; its sidecar fixes the features and the window hop (unless
         ``settings.hop_s`` overrides the hop).
-    kafka : KafkaSink
-        Receives predictions, events and dead letters.
-    redis : RedisSink or None
-        Latest + timeline cache; None disables it.
+    kafka : OutputSink
+        Receives predictions, events and dead letters (a :class:`~streamgenre.stream.sinks.KafkaSink`
+        in the daemon).
+    redis : CacheSink or None
+        Latest + timeline cache (a :class:`~streamgenre.stream.sinks.RedisSink`); None disables it.
     metrics : Metrics
     catalog : NeighbourIndex, optional
         When given, the top-k catalogue neighbours of each stream's recent audio are attached
         to its Redis ``latest`` value.
     """
 
-    def __init__(self, settings: Settings, model: GenreModel, kafka: KafkaSink, redis: RedisSink | None,
+    def __init__(self, settings: Settings, model: GenreModel, kafka: OutputSink, redis: CacheSink | None,
                  metrics: Metrics, catalog: NeighbourIndex | None = None) -> None:
         self.settings = settings
         self.model = model
@@ -111,16 +112,19 @@ class Pipeline:
         (:meth:`Framer.push_many`); a bad record goes to the DLQ without holding up the others.
         """
         arrivals: list[Arrival] = []
+        decoded_records: list[Record] = []
         for record in records:
             self.metrics.chunks.inc()
             self.metrics.bytes.inc(len(record.value or b""))
             try:
-                chunk = decode_chunk(record.key, record.value, record.headers, self.settings.max_message_bytes)
+                chunk = decode_chunk(record.key, record.value, record.headers, self.settings.max_message_bytes,
+                                     self.settings.max_decoded_s)
             except BadInput as exc:
                 self.metrics.decode_errors.labels(exc.reason.value).inc()
                 self.dead_letter(record, exc.reason.value, exc.detail)
             else:
                 arrivals.append(Arrival(chunk, record.partition, record.offset, record.received_at))
+                decoded_records.append(record)
         try:
             results = self.framer.push_many(arrivals)
         except Exception as exc:  # a bug must cost these records, not the process and every station with it
@@ -132,6 +136,10 @@ class Pipeline:
                 if (record.partition, record.offset) in decoded:
                     self.dead_letter(record, INTERNAL_ERROR, repr(exc))
             results = []
+        for record, result in zip(decoded_records, results, strict=False):
+            if result.bad_input is not None:  # a long container's later block failed to decode
+                self.metrics.decode_errors.labels(result.bad_input.reason.value).inc()
+                self.dead_letter(record, result.bad_input.reason.value, result.bad_input.detail)
         if self.content.down:
             stream_time = {a.chunk.stream_id: a.chunk.headers.ts / 1000 for a in arrivals}
             for stream_id, alert in self.content.audio_arrived(stream_time, stream_time):
@@ -232,6 +240,7 @@ class Pipeline:
             "smoothed_genre": smoothed, "smoothed_probs": smoothed_probs,
             "model_version": self.model.version,
             "latency_ms": round(1000 * (time.monotonic() - window.completed_at), 3),
+            "title": window.title,
             "state": content.state, "state_probs": content.probs, "level_dbfs": content.level_dbfs,
         }
         value = encode_json(prediction)
@@ -251,9 +260,8 @@ class Pipeline:
     def _segment(self, window: Window, state: str, state_probs: dict[str, float], genre: str | None,
                  genre_probs: dict[str, float]) -> None:
         """Feed the stream's segments; publish the segments and dead-air alerts that closes."""
-        title = getattr(window, "title", None)  # the chunk header `title`, when producers send one
         closed, alerts = self.content.observe(window.stream_id, WindowState(
-            window.t_start, window.t_end, state, state_probs, genre, genre_probs if genre else None, title))
+            window.t_start, window.t_end, state, state_probs, genre, genre_probs if genre else None, window.title))
         key = window.stream_id.encode()
         for value in closed:
             self.kafka.send(OutMessage(self.settings.segments_topic, key, value))
@@ -285,7 +293,8 @@ class Pipeline:
         The order is the guarantee:
 
         1. Infer and publish every complete window still waiting in the batcher (Redis is
-           written per batch, so this also writes Redis or counts the skip).
+           written per batch, so this also writes Redis or counts the skip), then the final
+           segment of every stream that ended: both are outputs of the records processed.
         2. Note how many output messages have been sent so far: every prediction, event and
            dead letter for the records processed up to here is among them.
         3. Per partition, the commit offset is the oldest chunk an open window still needs, or
@@ -299,9 +308,9 @@ class Pipeline:
         """
         # Step 1.
         self.run_due_batches(flush=True)
+        self._forget_closed_streams()
         # Steps 2 and 3.
         self._checkpoints.append((self.kafka.sent, self._safe_offsets()))
-        self._forget_closed_streams()
 
     def committable(self) -> dict[int, int]:
         """Offsets of every checkpoint whose outputs are now all acknowledged (newest wins).

@@ -1,5 +1,7 @@
 """Output sinks: the Kafka producer (predictions, events, DLQ) and the Redis pipeline.
 
+The pipeline sees them only through the :class:`OutputSink` and :class:`CacheSink` protocols.
+
 Kafka is the system of record; Redis is a cache of the latest state for dashboards and APIs.
 So a Kafka failure stops progress (nothing is committed until outputs are acknowledged), while
 a Redis failure only degrades: writes are retried for a bounded time, then skipped and
@@ -13,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 from kafka import KafkaProducer
@@ -34,6 +37,45 @@ class OutMessage:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
+
+
+class OutputSink(Protocol):
+    """Where the pipeline sends predictions, events and dead letters: the system of record.
+
+    The pipeline's commits rest on the counts: a checkpoint remembers :attr:`sent`, and its
+    offsets become committable once :meth:`acknowledged` reaches it (see
+    :meth:`streamgenre.stream.pipeline.Pipeline.checkpoint`). :class:`KafkaSink` is the one in
+    production; the unit tests use fakes that fail on demand.
+    """
+
+    @property
+    def sent(self) -> int:
+        """Messages handed to :meth:`send` so far."""
+        ...
+
+    def send(self, message: OutMessage) -> None: ...
+
+    def acknowledged(self) -> int:
+        """How many of the sent messages, counted from the first, are acknowledged; may raise SinkError."""
+        ...
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until everything sent is acknowledged; raise SinkError if it cannot be."""
+        ...
+
+
+class CacheSink(Protocol):
+    """Latest value and timeline per stream (Redis): a cache, so a failed write is skipped, not retried."""
+
+    @property
+    def up(self) -> bool:
+        """Whether the last write or ping succeeded."""
+        ...
+
+    def write(self, timeline: list[tuple[str, bytes]], latest: dict[str, bytes],
+              segments: Sequence[tuple[str, bytes]] = ()) -> bool:
+        """Append to timelines, set latest values, append closed segments; False when skipped."""
+        ...
 
 
 class KafkaSink:
