@@ -146,11 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre.apps import catalog
+    from streamgenre.apps import catalog, classify, serve
     from streamgenre.bench import harness
 
     catalog.register(sub)
     harness.register(sub)
+    serve.register(sub)
+    classify.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
