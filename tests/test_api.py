@@ -104,6 +104,7 @@ def test_every_codec_is_classified(api: tuple[str, Settings], test_model: Path, 
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert body["genre"] == max(body["probabilities"], key=body["probabilities"].get)
     assert body["model_version"] == spec.version and body["neighbours"] is None
+    assert body["states"] == {"music": 1.0} and body["timeline"][0]["state"] == "music"
 
 
 def test_multipart_upload_gives_the_raw_body_result(api: tuple[str, Settings]) -> None:
@@ -238,8 +239,13 @@ def test_openapi_document_lists_every_endpoint() -> None:
                      "/metrics"}
 
 
-def test_silence_and_noise_are_not_errors(api: tuple[str, Settings]) -> None:
+def test_silence_is_classified_as_silence_without_a_genre(api: tuple[str, Settings]) -> None:
+    """Content states come with every window; as in the daemon, only music has a genre."""
     base, _ = api
     buffer = io.BytesIO()
     sf.write(buffer, np.zeros(RATE * 4, np.float32), RATE, format="WAV")
-    assert httpx.post(f"{base}/v1/classify", content=buffer.getvalue(), headers=AUTH, timeout=60).status_code == 200
+    response = httpx.post(f"{base}/v1/classify", content=buffer.getvalue(), headers=AUTH, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["genre"] is None and body["probabilities"] is None and body["states"] == {"silence": 1.0}
+    assert all(w["state"] == "silence" and w["genre"] is None for w in body["timeline"])

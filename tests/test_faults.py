@@ -3,8 +3,9 @@
 Each test breaks one thing (SIGKILL a worker, kill a group member, stop Redis, restart the
 broker, start without a broker, SIGTERM, a slow model) while synthetic streams flow, then checks
 that every expected window of every stream was published at least once. Figures go to
-``benchmarks/results/reliability.json`` (see :func:`tests.faults_harness.record_figures`).
-Run them alone with ``make test-faults`` (``pytest -m fault``).
+``benchmarks/results/reliability.json`` with ``make reliability``, else under pytest's temporary
+folder (see :func:`tests.faults_harness.record_figures`). Run them alone with ``make test-faults``
+(``pytest -m fault``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from tests.faults_hostile import MAX_BYTES, MAX_DECODED_S, generate
 
 pytestmark = pytest.mark.fault
 
-COMMAND = "make test-faults  # = .venv/bin/python -m pytest -q -m fault"
+COMMAND = "make reliability  # = STREAMGENRE_RELIABILITY_RESULTS=benchmarks/results/reliability.json pytest -q -m fault"
 
 
 def _committed(settings: Settings) -> dict[int, int | None]:

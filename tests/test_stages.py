@@ -20,9 +20,11 @@ HOP_FRAMES = TEST_RECIPE.n_frames // 2
 HOP = HOP_FRAMES * TEST_RECIPE.hop_length
 
 
-def chunk(stream: str, seq: int, ts: int, seconds: float = 0.5, rate: int = RATE, eos: bool = False) -> Chunk:
+def chunk(stream: str, seq: int, ts: int, seconds: float = 0.5, rate: int = RATE, eos: bool = False,
+          title: str | None = None) -> Chunk:
     samples = np.random.default_rng(seq).normal(0, 0.1, int(seconds * rate)).astype(np.float32)
-    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=seq, ts=ts, eos=eos)
+    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=seq, ts=ts, eos=eos,
+                           title=title)
     return Chunk(stream_id=stream, headers=headers, samples=samples, sample_rate=rate)
 
 
@@ -66,6 +68,15 @@ def test_seq_gap_and_time_jump_reset_the_window() -> None:
     assert framer.push(chunk("a", 4, 9000), 0, 3, 0.0).reset_reason == "time_jump"
     assert framer.push(chunk("a", 5, 9500, rate=22050), 0, 4, 0.0).reset_reason == "format"
     assert framer.push(chunk("a", 5, 9500, rate=22050), 0, 5, 0.0).duplicate
+
+
+def test_window_carries_the_title_of_the_chunk_that_completes_it() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    titles = ["Song A"] * 8 + [None] * 2 + ["Song B"] * 8
+    results = feed(framer, [chunk("a", seq, 500 * seq, title=title) for seq, title in enumerate(titles)])
+    seen = [(title, window.title) for title, result in zip(titles, results, strict=True) for window in result.windows]
+    assert seen and all(chunk_title == window_title for chunk_title, window_title in seen)
+    assert {"Song A", None, "Song B"} <= {window_title for _, window_title in seen}
 
 
 def test_push_many_equals_pushing_one_by_one() -> None:

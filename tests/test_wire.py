@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from streamgenre.stream.wire import (
+    MAX_TITLE_CHARS,
     SCHEMA_DIR,
     BadInput,
     GenreEvent,
@@ -154,5 +155,21 @@ def test_hot_path_json_matches_pydantic_output() -> None:
         "t_end": 1760000003.2224, "ts": 1760000003222, "genre": "jazz", "confidence": 0.91234,
         "probs": {"jazz": 0.91234, "rock": 0.08766}, "smoothed_genre": "jazz",
         "smoothed_probs": {"jazz": 0.8, "rock": 0.2}, "model_version": "m-1", "latency_ms": 12.5,
+        "title": "Café Tacvba – Eres",
+        "state": "music", "state_probs": {"music": 0.9, "speech": 0.05, "mixed": 0.05, "silence": 0.0},
+        "level_dbfs": -18.5,
     }
     assert encode_json(payload) == Prediction.model_validate(payload).model_dump_json(exclude_none=True).encode()
+
+
+def test_title_header_is_optional_and_never_refuses_the_audio() -> None:
+    """A radio title is third-party text: bad bytes are replaced and a long one is cut, the audio is kept."""
+    pcm = b"\x00\x00" * 100
+    plain = decode_chunk(b"k", pcm, chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1), LIMIT)
+    assert plain.headers.title is None
+    titled = chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1, title="Nina Simone - Sinnerman")
+    assert decode_chunk(b"k", pcm, titled, LIMIT).headers.title == "Nina Simone - Sinnerman"
+    latin1 = [*chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1), ("Title", "Beyoncé".encode("latin-1"))]
+    assert decode_chunk(b"k", pcm, latin1, LIMIT).headers.title == "Beyonc\ufffd"
+    long = [*chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1), ("title", b"x" * 5000)]
+    assert len(decode_chunk(b"k", pcm, long, LIMIT).headers.title or "") == MAX_TITLE_CHARS

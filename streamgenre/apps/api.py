@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from streamgenre.apps.uploads import DecodedAudio, decode_bytes
 from streamgenre.config import Settings
 from streamgenre.model.contract import GenreModel
+from streamgenre.stream.content import ContentStage
 from streamgenre.stream.framing import expected_windows
 from streamgenre.stream.metrics import LATENCY_BUCKETS, Metrics
 from streamgenre.stream.tracks import Neighbours, TooShort, TrackClassifier, aligned_anchor_ms, summarise
@@ -62,15 +63,19 @@ class Problem(BaseModel):
 class Window(BaseModel):
     t_start: float = Field(description="seconds from the start of the track")
     t_end: float
-    genre: str
+    genre: str | None = Field(description="null unless the window is music")
     confidence: float
     probs: dict[str, float]
+    state: str | None = Field(None, description="content state: music, speech, mixed or silence")
+    state_probs: dict[str, float] | None = None
+    level_dbfs: float | None = None
 
 
 class Classification(BaseModel):
-    genre: str = Field(description="argmax of the mean window probabilities")
-    confidence: float
-    probabilities: dict[str, float]
+    genre: str | None = Field(description="argmax of the mean probabilities of the music windows; null without music")
+    confidence: float | None
+    probabilities: dict[str, float] | None
+    states: dict[str, float] = Field(description="share of the windows in each content state")
     timeline: list[Window]
     windows: int
     duration_s: float
@@ -155,7 +160,8 @@ class ApiState:
         self.metrics = Metrics()
         self.metrics.model_info.labels(model.version).set(1)
         self.classifier = TrackClassifier(model, settings.max_batch, settings.max_wait_ms, settings.hop_s,
-                                          catalog, settings.neighbours_k, self.metrics)
+                                          catalog, settings.neighbours_k, self.metrics,
+                                          ContentStage(settings, model.recipe, self.metrics))
         self.hop_samples = self.classifier.hop_frames * model.recipe.hop_length
         self.key_hashes = [h.strip().lower() for h in settings.api_key_hashes]
         self.buckets = TokenBuckets(settings.api_rate_per_s, settings.api_rate_burst)
@@ -299,8 +305,9 @@ def create_app(settings: Settings, model: GenreModel | None = None, catalog: Nei
             labels = list(windows[0]["probs"])
             probs = np.array([[w["probs"][label] for label in labels] for w in windows], np.float32)
             origin = meta["ts_ms"] / 1000
+            states = [{key: w[key] for key in ("state", "state_probs", "level_dbfs") if key in w} for w in windows]
             summary = summarise(labels, probs, [w["t_start"] - origin for w in windows],
-                                [w["t_end"] - origin for w in windows])
+                                [w["t_end"] - origin for w in windows], states)
             status.status = "done"
             status.result = Classification.model_validate({
                 **summary, "windows": len(windows), "duration_s": meta["duration_s"],

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from streamgenre.config import Settings
 
-CSV_FIELDS = ["path", "genre", "confidence", "duration_s", "windows", "model_version", "error"]
+CSV_FIELDS = ["path", "genre", "confidence", "music_share", "duration_s", "windows", "model_version", "error"]
 
 
 def done_paths(out: Path, as_json: bool) -> set[str]:
@@ -55,13 +55,16 @@ def classify_files(settings: Settings, files: list[Path], workers: int) -> Itera
     """Classify ``files`` with ``workers`` threads sharing one model; yields a row per file as it finishes."""
     from streamgenre.apps.uploads import decode_path
     from streamgenre.model.contract import GenreModel
+    from streamgenre.stream.content import ContentStage
     from streamgenre.stream.daemon import limit_native_threads
+    from streamgenre.stream.metrics import Metrics
     from streamgenre.stream.tracks import TooShort, TrackClassifier
     from streamgenre.stream.wire import BadInput
 
     limit_native_threads()
     model = GenreModel(settings.model_path, threads=settings.ort_threads)
-    classifier = TrackClassifier(model, settings.max_batch, settings.max_wait_ms, settings.hop_s)
+    classifier = TrackClassifier(model, settings.max_batch, settings.max_wait_ms, settings.hop_s,
+                                 content=ContentStage(settings, model.recipe, Metrics()))
 
     def one(path: Path) -> dict[str, Any]:
         try:
@@ -70,8 +73,10 @@ def classify_files(settings: Settings, files: list[Path], workers: int) -> Itera
         except (BadInput, TooShort, OSError) as exc:
             return {"path": str(path), "error": str(exc)}
         return {"path": str(path), "genre": result["genre"], "confidence": result["confidence"],
+                "music_share": result["states"].get("music", 0.0),
                 "duration_s": round(decoded.duration_s, 3), "windows": result["windows"],
-                "model_version": result["model_version"], "probabilities": result["probabilities"]}
+                "model_version": result["model_version"], "probabilities": result["probabilities"],
+                "states": result["states"]}
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="classify") as pool:

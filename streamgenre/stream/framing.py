@@ -47,6 +47,7 @@ class Window:
     t_end: float
     completed_at: float
     chunk_ts_ms: int
+    title: str | None = None
 
 
 def grid_phase(stream_id: str, hop_samples: int, sample_rate: int) -> int:
@@ -139,8 +140,13 @@ class StreamState:
             samples, self._skip = samples[dropped:], self._skip - dropped
         return self._features.take_frames(samples)
 
-    def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int) -> list[Window]:
-        """Step 2 of 2: append compressed mel frames ``(n_mels, n)``; return the windows they complete."""
+    def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int,
+                   title: str | None = None) -> list[Window]:
+        """Step 2 of 2: append compressed mel frames ``(n_mels, n)``; return the windows they complete.
+
+        The windows carry ``title``, the title of the chunk that completes them (its audio is the
+        window's most recent).
+        """
         windows: list[Window] = []
         while new_frames.shape[1]:
             room = self._frames.shape[1] - self._n_frames
@@ -151,18 +157,18 @@ class StreamState:
             # A full buffer can hold two complete windows: emit both now, or the second would
             # wait for audio that an end of stream never brings.
             while self._n_frames >= self.recipe.n_frames:
-                windows.append(self._emit(received_at, ts_ms))
+                windows.append(self._emit(received_at, ts_ms, title))
         self._forget_consumed_chunks()
         return windows
 
-    def _emit(self, received_at: float, ts_ms: int) -> Window:
+    def _emit(self, received_at: float, ts_ms: int, title: str | None) -> Window:
         n_frames, sr = self.recipe.n_frames, self.recipe.sample_rate
         start = self.window_start(self.next_window)
         window = Window(
             stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
             logmel=window_input(self._frames[:, :n_frames], self.recipe),
             t_start=start / sr, t_end=(start + self.recipe.window_samples) / sr,
-            completed_at=received_at, chunk_ts_ms=ts_ms,
+            completed_at=received_at, chunk_ts_ms=ts_ms, title=title,
         )
         # Slide by one hop. A shift rather than a wrap-around ring: the model needs a
         # contiguous window anyway, and the copy is tiny next to the FFTs that made the frames.
@@ -255,7 +261,8 @@ class Framer:
         for state, result, frames, arrival in staged:
             share = log_frames[:, start : start + frames.shape[0]]
             start += frames.shape[0]
-            result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts)
+            result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts,
+                                              arrival.chunk.headers.title)
 
     def _frame_blocks(self, state: StreamState, result: PushResult, arrival: Arrival) -> None:
         """Frame a long container block by block (the resampler is told which block is last)."""
@@ -267,7 +274,8 @@ class Framer:
                 last = following is None and chunk.headers.eos
                 frames = state.take_frames(block, arrival.offset, arrival.received_at, last=last)
                 log_frames = compress(frames_to_mel([frames], self.recipe), self.recipe)
-                result.windows.extend(state.add_frames(log_frames, arrival.received_at, chunk.headers.ts))
+                result.windows.extend(state.add_frames(log_frames, arrival.received_at, chunk.headers.ts,
+                                                       chunk.headers.title))
                 if following is not None:
                     block = following
         except BadInput as exc:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streamgenre.model.content import ContentState
 from streamgenre.model.contract import GenreModel
 from streamgenre.stream.batching import MicroBatcher
 from streamgenre.stream.framing import Framer, Window, grid_phase
@@ -36,6 +37,12 @@ class Neighbours(Protocol):
     def neighbours(self, embeddings: np.ndarray, k: int) -> list[dict]: ...
 
 
+class ContentClassifier(Protocol):
+    """The daemon's content stage (:class:`streamgenre.stream.content.ContentStage`)."""
+
+    def classify(self, logmel: np.ndarray) -> ContentState: ...
+
+
 def aligned_anchor_ms(stream_id: str, recipe_rate: int, hop_samples: int) -> int:
     """A ``ts`` (ms) that puts the stream's first window at its first sample.
 
@@ -45,17 +52,30 @@ def aligned_anchor_ms(stream_id: str, recipe_rate: int, hop_samples: int) -> int
     return grid_phase(stream_id, hop_samples, recipe_rate) * 1000 // recipe_rate
 
 
-def summarise(labels: list[str], probs: np.ndarray, t_starts: list[float], t_ends: list[float]) -> dict[str, Any]:
-    """Track genre (argmax of the mean window probabilities), its probabilities and the timeline."""
-    mean = probs.mean(axis=0)
-    best = int(np.argmax(mean))
+def summarise(labels: list[str], probs: np.ndarray, t_starts: list[float], t_ends: list[float],
+              states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Track genre, its probabilities, the share of each content state, and the window timeline.
+
+    As in the daemon, genre is only a property of music: the track's probabilities are the mean
+    over its music windows (all windows when no states are known), and a window or a track with
+    no music has genre null. ``states[i]`` is a window's ``{"state", "state_probs", "level_dbfs"}``.
+    """
+    states = states or [{} for _ in t_starts]
+    music = np.array([s.get("state", "music") == "music" for s in states], bool)
     timeline = [
-        {"t_start": round(start, 3), "t_end": round(end, 3), "genre": labels[int(np.argmax(p))],
-         "confidence": round(float(p.max()), 5), "probs": rounded_probs(labels, p)}
-        for start, end, p in zip(t_starts, t_ends, probs, strict=True)
+        {"t_start": round(start, 3), "t_end": round(end, 3),
+         "genre": labels[int(np.argmax(p))] if is_music else None,
+         "confidence": round(float(p.max()), 5), "probs": rounded_probs(labels, p), **state}
+        for start, end, p, state, is_music in zip(t_starts, t_ends, probs, states, music, strict=True)
     ]
+    names = [s["state"] for s in states if "state" in s]
+    shares = {name: round(names.count(name) / len(names), 4) for name in sorted(set(names))}
+    if not music.any():
+        return {"genre": None, "confidence": None, "probabilities": None, "states": shares, "timeline": timeline}
+    mean = probs[music].mean(axis=0)
+    best = int(np.argmax(mean))
     return {"genre": labels[best], "confidence": round(float(mean[best]), 5),
-            "probabilities": rounded_probs(labels, mean), "timeline": timeline}
+            "probabilities": rounded_probs(labels, mean), "states": shares, "timeline": timeline}
 
 
 @dataclass
@@ -83,11 +103,14 @@ class TrackClassifier:
     hop_s : window hop in seconds; None: the sidecar's.
     catalog : optional catalogue; its k nearest tracks are added to each result.
     metrics : optional daemon metrics (inference time, batch size, windows).
+    content : optional content stage; each window gets its state (music, speech, mixed, silence).
     """
 
     def __init__(self, model: GenreModel, max_batch: int, max_wait_ms: float, hop_s: float | None = None,
-                 catalog: Neighbours | None = None, neighbours_k: int = 5, metrics: Metrics | None = None) -> None:
+                 catalog: Neighbours | None = None, neighbours_k: int = 5, metrics: Metrics | None = None,
+                 content: ContentClassifier | None = None) -> None:
         self.model = model
+        self.content = content
         recipe = model.recipe
         self.hop_frames = (max(1, round(hop_s * recipe.sample_rate / recipe.hop_length)) if hop_s
                            else model.spec.hop_frames)
@@ -132,8 +155,12 @@ class TrackClassifier:
             raise track.error
         probs = np.stack(track.probs)
         origin = windows[0].t_start
+        states = None
+        if self.content is not None:  # in the caller's thread: the inference thread stays on the model
+            states = [{"state": c.state, "state_probs": c.probs, "level_dbfs": c.level_dbfs}
+                      for c in (self.content.classify(w.logmel) for w in windows)]
         result = summarise(self.model.labels, probs, [w.t_start - origin for w in windows],
-                           [w.t_end - origin for w in windows])
+                           [w.t_end - origin for w in windows], states)
         result["windows"] = len(windows)
         result["model_version"] = self.model.version
         if self.catalog is not None:

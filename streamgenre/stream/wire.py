@@ -1,13 +1,15 @@
 """Message formats: the input chunk (Kafka headers + audio bytes) and the JSON outputs.
 
 Input (topic ``audio.chunks``): key = stream id (UTF-8), value = audio bytes, headers
-``content-type``, ``sample-rate`` + ``channels`` (PCM only), ``seq``, ``ts``, optional ``eos``.
+``content-type``, ``sample-rate`` + ``channels`` (PCM only), ``seq``, ``ts``, optional ``eos`` and
+``title`` (the now-playing title, e.g. a radio's ICY ``StreamTitle``, carried into each prediction).
 Everything that can be wrong with a message is detected here and raised as :class:`BadInput`
 with a machine-readable ``reason``; the daemon routes those to the dead-letter topic.
 
-Outputs (``genre.predictions``, ``genre.events``) are pydantic models; their JSON Schemas are
-generated from these classes into ``streamgenre/stream/schemas/`` (``python -m streamgenre.stream.wire``),
-and a test checks that the committed schemas match and that emitted messages validate.
+Outputs (``genre.predictions``, ``genre.events``, ``genre.segments``, ``genre.alerts``) are
+pydantic models; their JSON Schemas are generated from these classes into
+``streamgenre/stream/schemas/`` (``python -m streamgenre.stream.wire``), and a test checks that
+the committed schemas match and that emitted messages validate.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ SCHEMA_VERSION = 1
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 96000
 MAX_CHANNELS = 32
+MAX_TITLE_CHARS = 512
 PCM_TYPES = {"audio/pcm;format=s16le": np.dtype("<i2"), "audio/pcm;format=f32le": np.dtype("<f4")}
 CONTAINER_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg"}
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -69,6 +72,7 @@ class ChunkHeaders(BaseModel):
     seq: int = Field(ge=0)
     ts: int = Field(ge=0, description="epoch ms of the chunk's first sample")
     eos: bool = False
+    title: str | None = Field(None, description="now-playing title of the chunk's audio (ICY StreamTitle)")
 
 
 class Chunk(BaseModel):
@@ -96,6 +100,18 @@ def _header(headers: dict[str, bytes], name: str, required: bool = True) -> str 
         raise BadInput(Reason.INVALID_HEADER, f"header {name!r} is not UTF-8") from exc
 
 
+def _title(raw: bytes | None) -> str | None:
+    """The optional ``title`` header, never a reason to refuse the audio it labels.
+
+    Radio titles come from third parties (ICY metadata is often Latin-1 or worse): undecodable
+    bytes are replaced and an overlong title is cut, rather than dead-lettering good audio.
+    """
+    if raw is None:
+        return None
+    title = raw.decode("utf-8", "replace").strip()[:MAX_TITLE_CHARS]
+    return title or None
+
+
 def parse_headers(raw_headers: list[tuple[str, bytes]] | None) -> ChunkHeaders:
     """Validate Kafka headers into :class:`ChunkHeaders` (names are case-insensitive)."""
     headers = {name.lower(): value for name, value in (raw_headers or []) if value is not None}
@@ -110,6 +126,7 @@ def parse_headers(raw_headers: list[tuple[str, bytes]] | None) -> ChunkHeaders:
                 raise BadInput(Reason.INVALID_HEADER, f"header {name!r}={value!r} is not an integer") from exc
     eos = _header(headers, "eos", required=False)
     fields["eos"] = eos is not None and eos.lower() in {"1", "true", "yes"}
+    fields["title"] = _title(headers.get("title"))
     try:
         parsed = ChunkHeaders.model_validate(fields)
     except ValidationError as exc:
@@ -262,8 +279,9 @@ def decode_chunk(key: bytes | None, payload: bytes | None, raw_headers: list[tup
 
 
 def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | None = None,
-                  channels: int | None = None, eos: bool = False) -> list[tuple[str, bytes]]:
-    """Kafka headers for one chunk, as producers (``streamgenre ingest``) must send them."""
+                  channels: int | None = None, eos: bool = False,
+                  title: str | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers for one chunk, as producers (``streamgenre ingest``, ``relay``) must send them."""
     headers = [("content-type", content_type), ("seq", str(seq)), ("ts", str(ts_ms))]
     if sample_rate is not None:
         headers.append(("sample-rate", str(sample_rate)))
@@ -271,7 +289,12 @@ def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | No
         headers.append(("channels", str(channels)))
     if eos:
         headers.append(("eos", "1"))
+    if title:
+        headers.append(("title", title[:MAX_TITLE_CHARS]))
     return [(name, value.encode()) for name, value in headers]
+
+
+ContentStateName = Literal["music", "speech", "mixed", "silence"]
 
 
 class Prediction(BaseModel):
@@ -283,15 +306,50 @@ class Prediction(BaseModel):
     t_start: float = Field(description="window start, seconds of stream time (the producer's ts clock)")
     t_end: float = Field(description="window end, seconds of stream time")
     ts: int = Field(description="epoch ms of the window end (producer clock)")
-    genre: str
+    genre: str | None = Field(description="top genre of this window; null unless state is music")
     confidence: float = Field(ge=0, le=1)
-    probs: dict[str, float]
-    smoothed_genre: str
-    smoothed_probs: dict[str, float]
+    probs: dict[str, float] = Field(description="the genre model's output, whatever the state")
+    smoothed_genre: str | None = Field(description="genre after smoothing; null unless state is music")
+    smoothed_probs: dict[str, float] = Field(description="smoothed genre probabilities of the music windows so far")
     model_version: str
     latency_ms: float = Field(description="window complete (last audio received) to publish, ms")
+    title: str | None = Field(None, description="now-playing title (chunk header `title`) when the window completed")
     neighbours: list[dict] | None = Field(None, description="top-k catalogue tracks (Redis only, optional)")
+    state: ContentStateName = Field(description="content of the window: music, speech, mixed or silence")
+    state_probs: dict[str, float] = Field(description="probability of each state (they sum to 1)")
+    level_dbfs: float = Field(description="RMS level of the window, dBFS (full-scale sine = -3, floor -120)")
 
+
+class SegmentMessage(BaseModel):
+    """A closed run of windows with one state, genre and title (topic ``genre.segments``,
+    Redis ``{prefix}:{stream}:segments``)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    stream_id: str
+    start: float = Field(description="stream time (s, producer clock) of the first window's start")
+    end: float = Field(description="stream time (s) of the last window's end")
+    duration_s: float
+    state: ContentStateName
+    genre: str | None = Field(description="smoothed genre while music, else null")
+    confidence: float = Field(ge=0, le=1, description="mean probability of the segment's state over its windows")
+    genre_confidence: float | None = Field(None, description="mean smoothed probability of its genre (music only)")
+    title: str | None = Field(None, description="now-playing title (chunk header `title`)")
+    windows: int = Field(ge=1)
+
+
+class StreamAlert(BaseModel):
+    """Dead air or a stream down/up (topic ``genre.alerts``)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    stream_id: str
+    kind: Literal["dead_air_start", "dead_air_end", "stream_down", "stream_up"]
+    at_t: float = Field(description="stream time (s): where the silence began / the last or first audio")
+    silent_s: float = Field(description="seconds of silence (dead air) or without audio (stream down) so far")
+    ts: int = Field(description="epoch ms (producer clock) when the alert was raised")
+    title: str | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
 
 class GenreEvent(BaseModel):
     """A change of the smoothed genre of a stream (topic ``genre.events``)."""
@@ -321,7 +379,8 @@ def rounded_probs(labels: list[str], probs: np.ndarray) -> dict[str, float]:
 
 def write_schemas(directory: Path = SCHEMA_DIR) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    for name, model in (("prediction", Prediction), ("event", GenreEvent)):
+    for name, model in (("prediction", Prediction), ("event", GenreEvent), ("segment", SegmentMessage),
+                        ("alert", StreamAlert)):
         schema = model.model_json_schema(by_alias=True)
         (directory / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
 
