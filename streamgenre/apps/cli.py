@@ -210,13 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre.apps import catalog, relay, report
+    from streamgenre.apps import catalog, classify, relay, report, serve
     from streamgenre.bench import command as bench_command
 
     catalog.register(sub)
     bench_command.register(sub)
     relay.register(sub)
     report.register(sub)
+    serve.register(sub)
+    classify.register(sub)
 
 
 def configure_logging(settings: Settings, level: str | None = None) -> None:
