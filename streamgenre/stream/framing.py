@@ -21,6 +21,7 @@ which bounds what the daemon may commit (see ``docs/RELIABILITY.md``).
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import zlib
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ import numpy as np
 import soxr
 
 from streamgenre.model.features import FeatureRecipe, StreamingLogMel, compress, frames_to_mel, window_input
-from streamgenre.stream.wire import Chunk
+from streamgenre.stream.wire import BadInput, Chunk
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Window:
     t_end: float
     completed_at: float
     chunk_ts_ms: int
+    title: str | None = None
 
 
 def grid_phase(stream_id: str, hop_samples: int, sample_rate: int) -> int:
@@ -73,6 +75,7 @@ class PushResult:
     windows: list[Window] = field(default_factory=list)
     reset_reason: str | None = None
     duplicate: bool = False
+    bad_input: BadInput | None = None  # a long container that failed while its blocks were decoded
 
 
 class StreamState:
@@ -137,8 +140,13 @@ class StreamState:
             samples, self._skip = samples[dropped:], self._skip - dropped
         return self._features.take_frames(samples)
 
-    def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int) -> list[Window]:
-        """Step 2 of 2: append compressed mel frames ``(n_mels, n)``; return the windows they complete."""
+    def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int,
+                   title: str | None = None) -> list[Window]:
+        """Step 2 of 2: append compressed mel frames ``(n_mels, n)``; return the windows they complete.
+
+        The windows carry ``title``, the title of the chunk that completes them (its audio is the
+        window's most recent).
+        """
         windows: list[Window] = []
         while new_frames.shape[1]:
             room = self._frames.shape[1] - self._n_frames
@@ -149,18 +157,18 @@ class StreamState:
             # A full buffer can hold two complete windows: emit both now, or the second would
             # wait for audio that an end of stream never brings.
             while self._n_frames >= self.recipe.n_frames:
-                windows.append(self._emit(received_at, ts_ms))
+                windows.append(self._emit(received_at, ts_ms, title))
         self._forget_consumed_chunks()
         return windows
 
-    def _emit(self, received_at: float, ts_ms: int) -> Window:
+    def _emit(self, received_at: float, ts_ms: int, title: str | None) -> Window:
         n_frames, sr = self.recipe.n_frames, self.recipe.sample_rate
         start = self.window_start(self.next_window)
         window = Window(
             stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
             logmel=window_input(self._frames[:, :n_frames], self.recipe),
             t_start=start / sr, t_end=(start + self.recipe.window_samples) / sr,
-            completed_at=received_at, chunk_ts_ms=ts_ms,
+            completed_at=received_at, chunk_ts_ms=ts_ms, title=title,
         )
         # Slide by one hop. A shift rather than a wrap-around ring: the model needs a
         # contiguous window anyway, and the copy is tiny next to the FFTs that made the frames.
@@ -218,6 +226,11 @@ class Framer:
         The same as pushing them one by one, but the new STFT frames of all of them go through a
         single :func:`~streamgenre.model.features.frames_to_mel` pass: for 0.5 s chunks that is about a
         third cheaper per frame than one pass per chunk (fewer, larger numpy calls).
+
+        A long container (``chunk.more``, a whole upload in one message) is framed on its own,
+        block by block as it is decoded, after the chunks staged before it: its decoded audio and
+        STFT frames never exist whole. If a later block turns out bad, the message gets
+        ``bad_input`` and no windows (it goes to the DLQ whole) and its stream starts afresh.
         """
         results: list[PushResult] = []
         staged: list[tuple[StreamState, PushResult, np.ndarray, Arrival]] = []
@@ -228,18 +241,46 @@ class Framer:
             if state is None:
                 continue
             eos = arrival.chunk.headers.eos
-            frames = state.take_frames(arrival.chunk.samples, arrival.offset, arrival.received_at, last=eos)
-            staged.append((state, result, frames, arrival))
+            if arrival.chunk.more is not None:
+                self._frame_staged(staged)
+                staged = []
+                self._frame_blocks(state, result, arrival)
+            else:
+                frames = state.take_frames(arrival.chunk.samples, arrival.offset, arrival.received_at, last=eos)
+                staged.append((state, result, frames, arrival))
             if eos:
-                del self.streams[arrival.chunk.stream_id]
-        if staged:
-            log_frames = compress(frames_to_mel([frames for _, _, frames, _ in staged], self.recipe), self.recipe)
-            start = 0
-            for state, result, frames, arrival in staged:
-                share = log_frames[:, start : start + frames.shape[0]]
-                start += frames.shape[0]
-                result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts)
+                self.streams.pop(arrival.chunk.stream_id, None)
+        self._frame_staged(staged)
         return results
+
+    def _frame_staged(self, staged: list[tuple[StreamState, PushResult, np.ndarray, Arrival]]) -> None:
+        if not staged:
+            return
+        log_frames = compress(frames_to_mel([frames for _, _, frames, _ in staged], self.recipe), self.recipe)
+        start = 0
+        for state, result, frames, arrival in staged:
+            share = log_frames[:, start : start + frames.shape[0]]
+            start += frames.shape[0]
+            result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts,
+                                              arrival.chunk.headers.title)
+
+    def _frame_blocks(self, state: StreamState, result: PushResult, arrival: Arrival) -> None:
+        """Frame a long container block by block (the resampler is told which block is last)."""
+        chunk = arrival.chunk
+        assert chunk.more is not None
+        block = chunk.samples
+        try:
+            for following in itertools.chain(chunk.more, [None]):
+                last = following is None and chunk.headers.eos
+                frames = state.take_frames(block, arrival.offset, arrival.received_at, last=last)
+                log_frames = compress(frames_to_mel([frames], self.recipe), self.recipe)
+                result.windows.extend(state.add_frames(log_frames, arrival.received_at, chunk.headers.ts,
+                                                       chunk.headers.title))
+                if following is not None:
+                    block = following
+        except BadInput as exc:
+            result.windows, result.bad_input = [], exc
+            self.streams.pop(chunk.stream_id, None)
 
     def _state_for(self, arrival: Arrival, result: PushResult) -> StreamState | None:
         """The state this chunk continues, a fresh one after a reset, or None for a duplicate."""
