@@ -1,7 +1,18 @@
 """``streamgenre`` command line: builds Settings from the environment and flags, then hands off.
 
 Each subcommand is a thin shell around a module that does the work (daemon, devbroker,
-ingest, tail, demo, catalog_cli, bench), so everything here is argument parsing and errors.
+ingest, tail, demo, catalog, bench), so everything here is argument parsing and errors.
+
+Exit codes, the same for every command:
+
+* **0** — done.
+* **2** — a usage or start-up error, nothing done: a bad option (argparse's own message), or an
+  error the user can fix — :class:`~streamgenre.apps.errors.UsageError`, a missing or invalid model
+  (``ModelError``) or catalogue (``CatalogError``), a missing file, bad ingest input, the dev
+  broker failing to start, no Kafka broker answering. Printed as one line,
+  ``streamgenre COMMAND: error: MESSAGE``, on stderr, without a traceback. :func:`main` is the
+  one place that maps these errors to messages; a command raises, it does not print and return.
+* **1** — anything else: a bug, reported by Python with its traceback.
 """
 
 from __future__ import annotations
@@ -80,6 +91,12 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """One line per input (errors and warnings on stderr); exit 2 when nothing was published,
     1 when some inputs failed, 0 when every input gave audio."""
     from streamgenre.apps.ingest import SourceReport, ingest
+    from streamgenre.apps.radio import is_live_url
+
+    if any(is_live_url(source) for source in args.sources):
+        from streamgenre.apps.relay import ingest_live
+
+        return ingest_live(settings, args.sources, args.stream_id)
 
     def report(source: SourceReport) -> None:
         if source.error is not None:
@@ -157,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--storage", default="memory://tansu/", help="tansu storage engine URL")
     broker.set_defaults(handler=_cmd_broker)
 
-    ing = sub.add_parser("ingest", help="publish audio files/URLs as one live stream of chunks")
+    ing = sub.add_parser("ingest", help="publish audio files as one live stream of chunks, or relay one live "
+                         "http(s) radio URL until stopped")
     ing.add_argument("sources", nargs="+", metavar="PATH|URL")
     ing.add_argument("--stream-id", required=True,
                      help=f"Kafka key of every chunk: 1-{STREAM_ID_MAX_LENGTH} characters of {STREAM_ID_CHARACTERS}")
@@ -194,11 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
-    from streamgenre.apps import catalog
+    from streamgenre.apps import catalog, classify, relay, report, serve
     from streamgenre.bench import command as bench_command
 
     catalog.register(sub)
     bench_command.register(sub)
+    relay.register(sub)
+    report.register(sub)
+    serve.register(sub)
+    classify.register(sub)
 
 
 def configure_logging(settings: Settings, level: str | None = None) -> None:
@@ -224,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings, args.log_level)
     from streamgenre.apps.devbroker import BrokerError
+    from streamgenre.apps.errors import UsageError
     from streamgenre.apps.ingest import IngestError
     from streamgenre.model.contract import ModelError
     from streamgenre.model.similarity import CatalogError
@@ -231,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args, settings)
-    except (ModelError, IngestError, BrokerError, CatalogError, StartupError, FileNotFoundError) as exc:
+    except (UsageError, ModelError, IngestError, BrokerError, CatalogError, StartupError, FileNotFoundError) as exc:
         print(f"streamgenre {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (KafkaConnectionError, KafkaTimeoutError):
@@ -239,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(waited {settings.cli_broker_timeout_s:g} s: STREAMGENRE_CLI_BROKER_TIMEOUT_S)", file=sys.stderr)
         return 2
     except KafkaError as exc:
-        print(f"streamgenre {args.command}: Kafka error: {exc}", file=sys.stderr)
+        print(f"streamgenre {args.command}: error: Kafka: {exc}", file=sys.stderr)
         return 2
 
 

@@ -120,12 +120,13 @@ class DevBroker:
 
 
 def ensure_topics(settings: Settings, partitions: int = 4) -> None:
-    """Create the input, output, events and DLQ topics if they do not exist yet."""
+    """Create the input, output, events, segments, alerts and DLQ topics if they do not exist yet."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","),
                              **settings.kafka_security())
     try:
         existing = set(admin.list_topics())
-        wanted = [settings.input_topic, settings.output_topic, settings.events_topic, settings.dlq_topic]
+        wanted = [settings.input_topic, settings.output_topic, settings.events_topic, settings.dlq_topic,
+                  settings.segments_topic, settings.alerts_topic]
         missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted if t not in existing]
         # Another worker may create a topic between our list and create: same outcome.
         if missing:

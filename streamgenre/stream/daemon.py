@@ -22,6 +22,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 
@@ -365,22 +366,21 @@ class Daemon:
 
     def _collect_committable(self) -> None:
         """Hand the poll thread the offsets whose outputs the broker has acknowledged."""
-        try:
-            offsets = self.pipeline.committable()
-        except SinkError as exc:
-            self.health.broker_ok = False
-            log.warning("outputs not acknowledged, not committing: %s", exc)
-            return
+        offsets = self._acknowledged(self.pipeline.committable)
         if offsets:
             with self._commit_lock:
                 self._to_commit.update(offsets)
 
     def _checkpoint(self) -> tuple[bool, dict[int, int]]:
         """Checkpoint and wait for the acks (barriers: rebalance and shutdown)."""
+        offsets = self._acknowledged(self.pipeline.checkpoint_and_flush)
+        return offsets is not None, offsets or {}
+
+    def _acknowledged(self, offsets_of: Callable[[], dict[int, int]]) -> dict[int, int] | None:
+        """The offsets ``offsets_of`` allows, or None when the outputs failed (commit nothing)."""
         try:
-            offsets = self.pipeline.checkpoint_and_flush()
+            return offsets_of()
         except SinkError as exc:
             self.health.broker_ok = False
             log.warning("outputs not acknowledged, not committing: %s", exc)
-            return False, {}
-        return True, offsets
+            return None

@@ -385,3 +385,20 @@ class Framer:
             if offset is not None:
                 needed[state.partition] = min(offset, needed.get(state.partition, offset))
         return needed
+
+
+def expected_windows(stream_id: str, ts_ms: int, n_input: int, input_rate: int, recipe: FeatureRecipe,
+                     hop_frames: int) -> int:
+    """How many windows a stream of ``n_input`` samples starting at ``ts_ms`` produces (one segment, eos).
+
+    The resampler's output length is rounded to the nearest sample, as soxr's streaming
+    resampler gives it once told the last chunk has come.
+    """
+    hop_samples = hop_frames * recipe.hop_length
+    rate = recipe.sample_rate
+    phase = grid_phase(stream_id, hop_samples, rate)
+    anchor = round(ts_ms * rate / 1000)
+    n_out = n_input if input_rate == rate else math.floor(n_input * rate / input_rate + 0.5)
+    first = math.ceil((anchor - phase) / hop_samples)
+    last = math.floor((anchor + n_out - recipe.window_samples - phase) / hop_samples)
+    return max(0, last - first + 1)

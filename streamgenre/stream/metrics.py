@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -159,8 +160,22 @@ class Health:
         }
 
 
-def serve_http(metrics: Metrics, health: Callable[[], Health], host: str, port: int) -> ThreadingHTTPServer:
-    """Start the metrics/health server in a daemon thread; returns it so the caller can stop it."""
+class Exposes(Protocol):
+    def exposition(self) -> bytes: ...
+
+
+class HealthReport(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    def body(self) -> dict[str, object]: ...
+
+
+def serve_http(metrics: Exposes, health: Callable[[], HealthReport], host: str, port: int) -> ThreadingHTTPServer:
+    """Start the metrics/health server in a daemon thread; returns it so the caller can stop it.
+
+    Shared by the daemon (:class:`Metrics`, :class:`Health`) and the radio relay.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -252,11 +252,12 @@ class Pipeline:
         contract; ``tests/test_e2e.py`` validates every published message against it.
         """
         labels = self.model.labels
+        content = self.content.classify(window.logmel)
+        new_programme = self.content.new_programme(window.stream_id, content.state, window.t_start)
         smoother = self.smoothers.get(window.stream_id)
-        if smoother is None:
+        if smoother is None or new_programme:
             smoother = GenreSmoother(labels, self.settings.ema_alpha, self.settings.change_min_s)
             self.smoothers[window.stream_id] = smoother
-        content = self.content.classify(window.logmel)
         # Genre only while music: speech and silence would drag the smoothed genre (a news
         # bulletin used to come out as "hiphop"), so they do not reach the smoother either.
         music = content.state == "music"
@@ -293,9 +294,8 @@ class Pipeline:
     def _segment(self, window: Window, state: str, state_probs: dict[str, float], genre: str | None,
                  genre_probs: dict[str, float]) -> None:
         """Feed the stream's segments; publish the segments and dead-air alerts that closes."""
-        title = getattr(window, "title", None)  # the chunk header `title`, when producers send one
         closed, alerts = self.content.observe(window.stream_id, WindowState(
-            window.t_start, window.t_end, state, state_probs, genre, genre_probs if genre else None, title))
+            window.t_start, window.t_end, state, state_probs, genre, genre_probs if genre else None, window.title))
         key = window.stream_id.encode()
         for value in closed:
             self.kafka.send(OutMessage(self.settings.segments_topic, key, value))
