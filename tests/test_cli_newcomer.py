@@ -90,8 +90,8 @@ def bad_inputs(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize(("kind", "reason"), [
     ("text", "ffmpeg: Invalid data found when processing input"),
     ("empty", "empty file (0 bytes)"),
-    ("refused", "ffmpeg: Connection to tcp://127.0.0.1:"),
-    ("unresolvable", "ffmpeg: Failed to resolve hostname no-such-host.invalid"),
+    ("refused", "cannot connect (connect): [Errno 111] Connection refused"),
+    ("unresolvable", "cannot connect (dns): "),
 ])
 def test_ingest_of_an_input_without_audio_fails(broker: DevBroker, settings: Settings,
                                                 bad_inputs: dict[str, str], kind: str, reason: str) -> None:
@@ -100,7 +100,6 @@ def test_ingest_of_an_input_without_audio_fails(broker: DevBroker, settings: Set
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"streamgenre ingest: error: {bad_inputs[kind]}: {reason}"), lines
-    assert kind != "refused" or lines[0].endswith("failed: Connection refused"), lines
     _no_traceback(result.stderr)
     assert read_topic(broker.bootstrap, settings.input_topic, expected=0, timeout_s=1) == []
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import yaml
 
+from streamgenre.stream.wire import STREAM_ID_MAX_LENGTH, BadInput, validate_stream_id
+
 LIVE_SCHEMES = ("http://", "https://")
-MAX_STATION_ID_CHARS = 200
+MAX_STATION_ID_CHARS = STREAM_ID_MAX_LENGTH
 # Content types that are certainly not an audio stream (a portal's HTML page, an API's error
 # body); anything else (audio/*, application/ogg, octet-stream, none) goes to the decoder.
 NOT_AUDIO_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "image/", "video/")
@@ -50,6 +52,10 @@ def check_station(station_id: str, url: str, where: str = "") -> Station:
         raise StationsError(f"{where}id must be a non-empty string of at most {MAX_STATION_ID_CHARS} characters")
     if station_id != station_id.strip() or any(ord(c) < 32 for c in station_id):
         raise StationsError(f"{where}id {station_id!r} has surrounding blanks or control characters")
+    try:
+        validate_stream_id(station_id)  # the id is the stream id: the daemon's rule (wire-format.md)
+    except BadInput as exc:
+        raise StationsError(f"{where}id: {exc.detail}") from exc
     if not isinstance(url, str) or not is_live_url(url):
         raise StationsError(f"{where}url must be an http:// or https:// URL, got {url!r}")
     return Station(station_id, url)

@@ -378,7 +378,23 @@ def ingest_live(settings: Settings, sources: list[str], stream_id: str) -> int:
         station = check_station(stream_id, sources[0], "--stream-id/URL: ")
     except StationsError as exc:
         raise IngestError(str(exc)) from exc
+    _first_contact(station.url, settings.relay_read_timeout_s)
     return _run_in_foreground(Relay(settings, [station], serve_metrics=False))
+
+
+def _first_contact(url: str, timeout_s: float) -> None:
+    """Raise IngestError when ``url`` does not answer at all (refused, unknown host, HTTP error).
+
+    A mistyped URL given to ``ingest`` is one line and exit 2, not an endless reconnect loop that
+    publishes nothing; once a station has answered, its drops are the relay's to ride out.
+    """
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            pass  # the headers arrived: the station exists; the relay opens its own connection
+    except OSError as exc:  # URLError, HTTPError, socket errors and timeouts are all OSErrors
+        detail = getattr(exc, "reason", None) or exc
+        raise IngestError(f"{url}: cannot connect ({failure_reason(exc)}): {detail}") from exc
 
 
 def _cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
