@@ -369,3 +369,23 @@ def test_a_broker_on_a_busy_port_is_one_line_and_exit_2() -> None:
     assert result.returncode == 2 and "listening" not in result.stdout
     assert result.stderr.strip().splitlines() == [
         f"streamgenre broker: error: port {port} on 127.0.0.1 is in use (another broker?); choose another with --port"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", [["relay", "{stations}"], ["serve", "--host", "127.0.0.1", "--port", "{port}"]])
+def test_servers_on_a_busy_port_are_one_line_and_exit_2(settings: Settings, test_model: Path, tmp_path: Path,
+                                                         command: list[str]) -> None:
+    stations = tmp_path / "stations.yaml"
+    stations.write_text("stations:\n  - id: fm-1\n    url: http://127.0.0.1:1/live.mp3\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = streamgenre(*[part.format(stations=stations, port=port) for part in command], timeout=60,
+                             env={**_env(settings), "STREAMGENRE_MODEL_PATH": str(test_model),
+                                  "STREAMGENRE_METRICS_HOST": "127.0.0.1", "STREAMGENRE_RELAY_METRICS_PORT": str(port)})
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "rror" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"streamgenre {command[0]}: error: cannot ") \
+        and f"127.0.0.1:{port}: Address already in use" in errors[0], result.stderr
+    _no_traceback(result.stderr)

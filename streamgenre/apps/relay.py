@@ -37,6 +37,7 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
+from streamgenre.apps.errors import UsageError
 from streamgenre.apps.ingest import IngestError, make_producer
 from streamgenre.apps.radio import (
     NOT_AUDIO_TYPES,
@@ -314,8 +315,13 @@ class Relay:
                          for s in stations]
         self._threads = [threading.Thread(target=s.run, name=f"relay-{s.station.id}", daemon=True)
                          for s in self.stations]
-        self._server = (serve_http(self.metrics, self._health, settings.metrics_host, settings.relay_metrics_port)
-                        if serve_metrics else None)
+        try:
+            self._server = (serve_http(self.metrics, self._health, settings.metrics_host, settings.relay_metrics_port)
+                            if serve_metrics else None)
+        except OSError as exc:  # a start-up failure: one line and exit 2 (cli), not a traceback
+            self.producer.close()
+            raise UsageError(f"cannot serve relay metrics on {settings.metrics_host}:{settings.relay_metrics_port}: "
+                             f"{exc.strerror or exc} (set STREAMGENRE_RELAY_METRICS_PORT)") from exc
 
     def _health(self) -> RelayHealth:
         return RelayHealth(self.producer.bootstrap_connected(), {s.station.id: s.connected for s in self.stations})
