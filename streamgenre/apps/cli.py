@@ -8,8 +8,10 @@ Exit codes, the same for every command:
 * **0** — done.
 * **2** — a usage or start-up error, nothing done: a bad option (argparse's own message), or an
   error the user can fix — :class:`~streamgenre.apps.errors.UsageError`, a missing or invalid model
-  (``ModelError``) or catalogue (``CatalogError``), a missing file, bad ingest input, the dev
-  broker failing to start, no Kafka broker answering. Printed as one line,
+  (``ModelError``) or catalogue (``CatalogError``), a missing file, bad ingest input (also when
+  other inputs of the same run were published), an invalid ``STREAMGENRE_*`` setting, a busy
+  port (``StartupError``), the dev broker failing to start, no Kafka broker answering within
+  ``STREAMGENRE_CLI_BROKER_TIMEOUT_S``. Printed as one line,
   ``streamgenre COMMAND: error: MESSAGE``, on stderr, without a traceback. :func:`main` is the
   one place that maps these errors to messages; a command raises, it does not print and return.
 * **1** — anything else: a bug, reported by Python with its traceback.
@@ -88,8 +90,8 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    """One line per input (errors and warnings on stderr); exit 2 when nothing was published,
-    1 when some inputs failed, 0 when every input gave audio."""
+    """One line per input (errors and warnings on stderr); exit 2 when any input gave no audio
+    (the others are still published), 0 when every input gave audio."""
     from streamgenre.apps.ingest import SourceReport, ingest
     from streamgenre.apps.radio import is_live_url
 
@@ -117,7 +119,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     print(f"published {chunks} chunks ({seconds:.2f} s) of stream {args.stream_id!r} to {settings.input_topic}"
           + (f"; {failed} of {len(reports)} inputs failed" if failed else ""))
-    return 1 if failed else 0
+    return 2 if failed else 0
 
 
 def _cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
