@@ -17,7 +17,7 @@ from streamgenre.config import Settings
 from tests.audio import tone_mix
 from tests.conftest import read_topic
 
-COMMANDS = ["run", "broker", "ingest", "tail", "demo", "index", "similar"]
+COMMANDS = ["run", "broker", "ingest", "relay", "tail", "demo", "index", "similar"]
 
 
 def streamgenre(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

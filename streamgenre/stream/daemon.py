@@ -49,6 +49,10 @@ POLL_TIMEOUT_MS = 250
 BACKPRESSURE_POLL_TIMEOUT_MS = 50
 
 
+class StartupError(RuntimeError):
+    """The daemon cannot start (a busy metrics port, say); the CLI prints it as one line, exit 2."""
+
+
 def limit_native_threads() -> None:
     """One BLAS/OpenMP thread per worker process (onnxruntime has its own pool, ``ort_threads``).
 
@@ -140,6 +144,9 @@ class Daemon:
     def startup(self) -> None:
         s = self.settings
         limit_native_threads()
+        # Each step below can take seconds on a cold machine; saying which one is running is
+        # what tells a user the daemon is starting rather than stuck.
+        log.info("loading model %s", s.model_path)
         self.model = GenreModel(s.model_path, threads=s.ort_threads)
         self.health.model_loaded = True
         self.metrics.model_info.labels(self.model.version).set(1)
@@ -147,12 +154,18 @@ class Daemon:
             self.catalog = Catalog.load(s.catalog_path)
         if self.catalog is not None:
             self.catalog.check_model(self.model)  # embeddings of another model live in another space
-        self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
+        try:
+            self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc.strerror or exc} "
+                               "(another daemon there? set STREAMGENRE_METRICS_PORT)") from exc
         self.kafka = KafkaSink(s)
         self.redis = RedisSink(s)
         self.health.redis_ok = self.redis.ping()
         self.pipeline = Pipeline(s, self.model, self.kafka, self.redis, self.metrics, self.catalog)
+        log.info("warming up the model (first inference)")
         self.pipeline.warm_up()
+        log.info("connecting to Kafka at %s and joining group %s", s.bootstrap_servers, s.group_id)
         self.source = self._connect_source()
         # Nearly everything allocated so far (libraries, model, warm-up caches) lives as long as
         # the process. Left in the collector's generations, every full collection walks all of
