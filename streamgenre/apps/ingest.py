@@ -54,7 +54,7 @@ class SourceReport:
         return f"{self.source}: read {self.seconds:.2f} s of audio ({self.chunks} chunks)"
 
 
-def _ffmpeg_blocks(source: str, block_s: float, report: SourceReport) -> Iterator[AudioBlock]:
+def _ffmpeg_blocks(source: str, block_s: float) -> Iterator[AudioBlock]:
     """Decode anything ffmpeg reads (mp3, http streams) to 44.1 kHz stereo float32 blocks."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -126,7 +126,7 @@ def read_blocks(source: str, block_s: float, report: SourceReport | None = None)
     """
     report = report if report is not None else SourceReport(source)
     if "://" in source:
-        yield from _ffmpeg_blocks(source, block_s, report)
+        yield from _ffmpeg_blocks(source, block_s)
         return
     path = Path(source)
     if not path.is_file():
@@ -136,7 +136,7 @@ def read_blocks(source: str, block_s: float, report: SourceReport | None = None)
     try:
         info = sf.info(str(path))
     except sf.LibsndfileError:
-        yield from _ffmpeg_blocks(source, block_s, report)
+        yield from _ffmpeg_blocks(source, block_s)
         return
     block = max(1, int(block_s * info.samplerate))
     frames_read = 0
@@ -186,8 +186,8 @@ def make_producer(settings: Settings) -> KafkaProducer:
 
 
 def _blocks_of(sources: list[str], chunk_s: float, loop: bool, reports: list[SourceReport],
-               on_source_done: Callable[[SourceReport], None]) -> Iterator[tuple[SourceReport, AudioBlock]]:
-    """Every block of every source in order (forever with ``loop``), each with its source's report.
+               on_source_done: Callable[[SourceReport], None]) -> Iterator[AudioBlock]:
+    """Every block of every source in order (forever with ``loop``); ``reports`` says what each gave.
 
     A source that fails is reported and skipped, so the others still play; the next source's
     first block follows the last good one.
@@ -201,7 +201,7 @@ def _blocks_of(sources: list[str], chunk_s: float, loop: bool, reports: list[Sou
                 for block in read_blocks(source, chunk_s, report):
                     report.seconds += block.samples.shape[0] / block.sample_rate
                     report.chunks += 1
-                    yield report, block
+                    yield block
             except IngestError as exc:
                 message = str(exc).removeprefix(f"{source}: ")
                 if report.seconds:
@@ -244,7 +244,7 @@ def ingest(settings: Settings, sources: list[str], stream_id: str, speed: float 
         current = next(blocks, None)
         while current is not None:
             following = next(blocks, None)
-            publisher.publish(current[1], eos=following is None and not loop)
+            publisher.publish(current, eos=following is None and not loop)
             if speed > 0:
                 ahead = publisher.seconds_sent / speed - (time.monotonic() - started)
                 if ahead > 0:
