@@ -345,6 +345,10 @@ def test_the_demo_uses_its_own_prefix_and_cleans_up(test_model: Path, tmp_path: 
     assert len(announced) == 1, result.stdout
     prefix = announced[0].split()[3].removesuffix(":*")
     assert prefix.startswith("streamgenre-demo-")
+    # Issue 17.9: each slow start-up step is announced before it runs.
+    steps = [result.stdout.index(step) for step in ("starting the broker", "broker (tansu) on",
+                                                    "starting the daemon", "daemon up")]
+    assert steps == sorted(steps), result.stdout
     assert "demo-clip" in result.stdout  # the timeline shows the stream
     assert "deleted " in result.stdout
     client = redis.Redis.from_url(REDIS_URL)
@@ -389,3 +393,14 @@ def test_servers_on_a_busy_port_are_one_line_and_exit_2(settings: Settings, test
     assert len(errors) == 1 and errors[0].startswith(f"streamgenre {command[0]}: error: cannot ") \
         and f"127.0.0.1:{port}: Address already in use" in errors[0], result.stderr
     _no_traceback(result.stderr)
+
+
+def test_the_two_latency_metrics_say_what_they_measure() -> None:
+    """Issue 17.13: e2e sat in its lowest bucket for uploads while window latency was seconds."""
+    from streamgenre.stream.metrics import Metrics
+
+    page = Metrics().exposition().decode()
+    helps = {line.split()[2]: line for line in page.splitlines() if line.startswith("# HELP")}
+    assert "received (daemon clock)" in helps["streamgenre_window_latency_seconds"]
+    e2e = helps["streamgenre_e2e_latency_seconds"]
+    assert "producer ts" in e2e and "faster than real time" in e2e and "observed as 0" in e2e
