@@ -45,6 +45,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     STREAMGENRE_MODEL_PATH=/app/model/genre_cnn.onnx \
+    STREAMGENRE_CONTENT_MODEL_PATH=/app/model/content.json \
     NUMBA_CACHE_DIR=/tmp/numba-cache
 WORKDIR /app
 USER 10001:10001

@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-fast test-faults lint train student model bench deploy-check schemas clean
+# Debian packages (ffmpeg, icecast2, prometheus) are installed by .ci/system-packages.sh when missing.
+.PHONY: demo test test-fast test-faults reliability lint train student model bench bench-model deploy-check schemas clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +24,24 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/streamgenre demo
 
+# deploy/check.sh only installs the deploy validators here: tests/test_deploy.py, which runs them,
+# is part of the one pytest run (with the tools required), so no check runs twice.
 test: $(VENV)/.test-installed
-	bash deploy/check.sh
+	bash .ci/system-packages.sh
+	bash deploy/check.sh --install-only
 	$(PY) -m ruff check streamgenre training tests
-	$(PY) -m pytest -q
+	STREAMGENRE_DEPLOY_REQUIRE_TOOLS=1 $(PY) -m pytest -q
 
 test-fast: $(VENV)/.test-installed
 	$(PY) -m pytest -q -m "not fault and not integration"
 
 test-faults: $(VENV)/.test-installed
 	$(PY) -m pytest -q -m fault
+
+# The fault tests, with their figures merged into the tracked file docs/RELIABILITY.md quotes
+# (every other test run writes them under pytest's temporary folder).
+reliability: $(VENV)/.test-installed
+	STREAMGENRE_RELIABILITY_RESULTS=$(CURDIR)/benchmarks/results/reliability.json $(PY) -m pytest -q -m fault
 
 lint: $(VENV)/.test-installed
 	$(PY) -m ruff check streamgenre training tests
@@ -63,6 +72,10 @@ model: $(CONVERT_VENV)/.installed
 
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/streamgenre bench
+
+# Rebuild the bench's random-init paper CNN (committed, so the serving package never needs torch).
+bench-model: $(VENV)/.test-installed
+	PYTHONPATH=. $(PY) -c "from training.cnn import build_random_onnx; build_random_onnx('benchmarks/models/paper_cnn.onnx')"
 
 deploy-check: $(VENV)/.test-installed
 	bash deploy/check.sh

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "model" / "genre_cnn.onnx"
+SHIPPED_CONTENT_MODEL = SHIPPED_MODEL.parent / "content.json"
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,8 @@ class Settings(BaseSettings):
     output_topic: str = Field("genre.predictions", description="Topic of per-window predictions.")
     events_topic: str = Field("genre.events", description="Topic of genre-change events.")
     dlq_topic: str = Field("audio.chunks.dlq", description="Dead-letter topic for undecodable input.")
+    segments_topic: str = Field("genre.segments", description="Topic of closed segments (state, genre, title).")
+    alerts_topic: str = Field("genre.alerts", description="Topic of dead-air and stream-down alerts.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol."
     )
@@ -42,6 +45,11 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(1000, description="Consumer heartbeat interval.")
     max_poll_interval_ms: int = Field(60000, description="Max time between polls before the member is evicted.")
     max_message_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted chunk; larger goes to the DLQ.")
+    max_decoded_s: float = Field(
+        1200.0, gt=0,
+        description="Most audio one container message (WAV/FLAC/Ogg) may decode to, in seconds; a file that "
+        "declares or decodes to more goes to the DLQ as a decompression bomb.",
+    )
     fetch_max_wait_ms: int = Field(
         100, ge=1,
         description="Longest the broker holds a fetch short of fetch_min_bytes (bounds delivery delay).",
@@ -65,6 +73,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("streamgenre", description="Prefix of every Redis key.")
     redis_latest_ttl_s: int = Field(3600, description="TTL of {prefix}:{stream}:latest.")
     redis_timeline_maxlen: int = Field(10000, description="Approximate cap (MAXLEN ~) of the timeline stream.")
+    redis_segments_maxlen: int = Field(5000, description="Approximate cap (MAXLEN ~) of {prefix}:{stream}:segments.")
+    redis_segments_ttl_s: int = Field(
+        7 * 86400, description="{prefix}:{stream}:segments expires this long after its last segment.")
     redis_retry_s: float = Field(2.0, description="How long a failed Redis write is retried before it is skipped.")
 
     # Model and pipeline
@@ -84,6 +95,14 @@ class Settings(BaseSettings):
     queue_max_chunks: int = Field(2000, description="Bounded work queue; partitions pause when it is full.")
     ema_alpha: float = Field(0.3, description="Weight of the newest window in the smoothed probabilities.")
     change_min_s: float = Field(6.0, description="A new genre must lead this long before a change event.")
+    content_model_path: Path | None = Field(
+        SHIPPED_CONTENT_MODEL,
+        description="Speech/music/mixed weights (JSON); unset: every audible window counts as music.")
+    silence_dbfs: float = Field(-55.0, description="Windows quieter than this RMS level (dBFS) are silence.")
+    segment_min_s: float = Field(
+        8.0, gt=0, description="A new state/genre/title must hold this long to start a segment.")
+    dead_air_s: float = Field(10.0, gt=0, description="Silence at least this long is dead air (alert + metric).")
+    stream_down_s: float = Field(30.0, gt=0, description="A stream without audio this long is down (alert + metric).")
     idle_timeout_s: float = Field(300.0, description="Streams silent this long are evicted.")
     max_gap_s: float = Field(1.0, description="A ts jump beyond this (vs. audio received) resets the window.")
     max_streams: int = Field(20000, description="Upper bound of concurrently tracked streams.")
@@ -129,7 +148,8 @@ def settings_table() -> str:
         if isinstance(default, SecretStr):
             default = default.get_secret_value()
         elif isinstance(default, Path):
-            default = default.relative_to(SHIPPED_MODEL.parent.parent) if default == SHIPPED_MODEL else default
+            default = (default.relative_to(SHIPPED_MODEL.parent.parent)
+                       if default in (SHIPPED_MODEL, SHIPPED_CONTENT_MODEL) else default)
         rows.append(f"| `STREAMGENRE_{name.upper()}` | `{default}` | {field.description} |")
     return "\n".join(rows)
 

@@ -42,6 +42,7 @@ def test_bad_path_is_a_clear_error() -> None:
     assert result.returncode == 2 and "/nonexistent.wav: no such file" in result.stderr
 
 
+@pytest.mark.integration  # starts tansu: not in `make test-fast`
 def test_broker_command_prints_its_address() -> None:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "streamgenre.apps.cli", "broker", "--port", str(port)],

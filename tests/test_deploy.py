@@ -3,7 +3,8 @@
 * Every metric a Grafana panel or an alert queries exists on a live ``/metrics`` page.
 * The Helm values / ConfigMap and docker-compose use real ``Settings`` fields, cover every field,
   and route the secrets through Secret references.
-* promtool, helm, kubernetes-validate, docker-compose and hadolint validate the files.
+* promtool, helm, kubernetes-validate, docker-compose, hadolint and shellcheck validate the files
+  (here only: ``deploy/check.sh`` installs them and runs this file).
 
 The tool-driven tests skip when their tool is not installed; ``deploy/check.sh`` installs every
 tool and sets ``STREAMGENRE_DEPLOY_REQUIRE_TOOLS=1``, which turns those skips into failures.
@@ -49,6 +50,7 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 CHART_OVERRIDES = {
     "bootstrap_servers": "a loopback broker is meaningless in a cluster",
     "model_path": "the image bakes the model at /app/model, not beside the source tree",
+    "content_model_path": "the image bakes the model at /app/model, not beside the source tree",
 }
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
                    "offset", "bool", "inf", "nan"}
@@ -443,3 +445,7 @@ def test_dockerfile_shape() -> None:
 
 def test_hadolint() -> None:
     run(find_tool("hadolint"), str(ROOT / "Dockerfile"))
+
+
+def test_shellcheck() -> None:
+    run(find_tool("shellcheck"), str(DEPLOY / "check.sh"))

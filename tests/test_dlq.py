@@ -19,7 +19,7 @@ from streamgenre.apps.devbroker import DevBroker, ensure_topics
 from streamgenre.stream.wire import Reason, chunk_headers
 from tests.conftest import isolated_settings, running_daemon
 from tests.faults_harness import TopicReader, make_streams, wait_all_windows
-from tests.faults_hostile import BOMBS, MAX_BYTES, wav_claiming
+from tests.faults_hostile import MAX_BYTES, flac_claiming, wav_claiming
 
 pytestmark = pytest.mark.fault
 
@@ -62,11 +62,12 @@ CASES: dict[str, tuple[Reason, bytes | None, bytes, list[tuple[str, bytes]]]] = 
         wav_claiming(2**30, 64),
         chunk_headers("audio/wav", 0, 1_000),
     ),
+    # ~100 bytes declaring three hours, against the default limit (20 minutes of audio).
     "decompression_bomb": (
         Reason.DECOMPRESSION_BOMB,
         b"s",
-        BOMBS[0][1],
-        chunk_headers(BOMBS[0][0], 0, 1_000),
+        flac_claiming(3 * 3600),
+        chunk_headers("audio/flac", 0, 1_000),
     ),
 }
 

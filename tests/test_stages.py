@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -185,3 +186,41 @@ def test_gc_pauses_are_timed_by_generation_until_closed() -> None:
     assert timed is not None and timed >= 1
     gc.collect()
     assert full_collections() == timed
+
+
+def test_long_container_is_framed_block_by_block_like_one_array() -> None:
+    """A whole upload in one message (``Chunk.more``) gives the windows of the same audio sent at once."""
+    rate = 22050  # resampled: the soxr stream must carry its state across the blocks
+    audio = np.random.default_rng(7).normal(0, 0.1, int(25 * rate)).astype(np.float32)
+    headers = ChunkHeaders(content_type="audio/ogg", seq=0, ts=5_000, eos=True)
+    whole = Chunk(stream_id="up", headers=headers, samples=audio, sample_rate=rate)
+    block = 10 * rate
+    blocks = iter([audio[block : 2 * block], audio[2 * block :]])
+    split = Chunk.model_construct(stream_id="up", headers=headers, samples=audio[:block], sample_rate=rate,
+                                  more=blocks)
+    expected = Framer(TEST_RECIPE, HOP_FRAMES).push(whole, 0, 0, 0.0).windows
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    got = framer.push(split, 0, 0, 0.0).windows
+    assert [w.window_seq for w in got] == [w.window_seq for w in expected] and len(got) > 10
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a.logmel, b.logmel, atol=1e-3)
+    assert "up" not in framer.streams  # eos closed it
+
+
+def test_long_container_that_fails_midway_gives_no_windows() -> None:
+    from streamgenre.stream.wire import BadInput, Reason
+
+    def failing() -> Iterator[np.ndarray]:
+        yield np.zeros(RATE * 10, np.float32)
+        raise BadInput(Reason.CORRUPT_CONTAINER, "broken block")
+
+    headers = ChunkHeaders(content_type="audio/flac", seq=0, ts=0)
+    bad = Chunk.model_construct(stream_id="up", headers=headers, samples=np.zeros(RATE * 10, np.float32),
+                                sample_rate=RATE, more=failing())
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    good = chunk("live", 0, 0, seconds=5.0)
+    results = framer.push_many([Arrival(good, 0, 0, 0.0), Arrival(bad, 0, 1, 0.0)])
+    assert results[0].windows and results[0].bad_input is None
+    assert results[1].windows == [] and results[1].bad_input is not None
+    assert results[1].bad_input.reason is Reason.CORRUPT_CONTAINER
+    assert set(framer.streams) == {"live"}

@@ -52,12 +52,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return _run_workers(settings)
     from streamgenre.stream.daemon import Daemon
 
-    catalog = None
-    if settings.catalog_path is not None:
-        from streamgenre.model.similarity import Catalog
-
-        catalog = Catalog.load(settings.catalog_path)
-    Daemon(settings, catalog=catalog).run()
+    Daemon(settings).run()
     return 0
 
 
@@ -154,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own modules register themselves."""
     from streamgenre.apps import catalog, relay
-    from streamgenre.bench import harness
+    from streamgenre.bench import command as bench_command
 
     catalog.register(sub)
-    harness.register(sub)
+    bench_command.register(sub)
     relay.register(sub)
 
 

@@ -14,10 +14,17 @@ from streamgenre.config import Settings
 
 def format_prediction(p: dict) -> str:
     clock = time.strftime("%H:%M:%S", time.localtime(p["ts"] / 1000))
-    change = "" if p["genre"] == p["smoothed_genre"] else f" (now {p['genre']} {p['confidence']:.2f})"
+    # Genre only while music; otherwise the content state (speech, mixed, silence) takes its place.
+    genre = p.get("smoothed_genre")
+    if genre is None:
+        label = f"{p.get('state', '?'):<10} {p.get('state_probs', {}).get(p.get('state'), 0.0):.2f}"
+        change = ""
+    else:
+        label = f"{genre:<10} {p['smoothed_probs'][genre]:.2f}"
+        change = "" if p["genre"] == genre else f" (now {p['genre']} {p['confidence']:.2f})"
+    title = f"  \u266a {p['title']}" if p.get("title") else ""
     return (f"{clock}  {p['stream_id']:<28.28} #{p['window_seq'] % 100000:>5}  "
-            f"{p['smoothed_genre']:<10} {p['smoothed_probs'][p['smoothed_genre']]:.2f}{change}  "
-            f"[{p['latency_ms']:.0f} ms]")
+            f"{label}{change}  [{p['latency_ms']:.0f} ms]{title}")
 
 
 def format_event(e: dict) -> str:

@@ -23,11 +23,13 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 
 from kafka.errors import KafkaError
 
 from streamgenre.config import Settings
 from streamgenre.model.contract import GenreModel
+from streamgenre.model.similarity import Catalog
 from streamgenre.stream.metrics import GcPauses, Health, Metrics, serve_http
 from streamgenre.stream.pipeline import NeighbourIndex, Pipeline
 from streamgenre.stream.sinks import KafkaSink, RedisSink, SinkError
@@ -80,11 +82,18 @@ class _Item:
 class Daemon:
     """One worker process of the consumer group. ``run()`` blocks until shutdown.
 
+    The daemon loads everything the settings name — the model (``model_path``) and the
+    catalogue of live neighbours (``catalog_path``) — so every command that builds one
+    (``run``, ``demo``, the tests) honours the same settings.
+
+    Everything :meth:`startup` creates is declared here as ``None``: :meth:`shutdown` releases
+    what exists after a startup that stopped half-way, and nothing else.
+
     Parameters
     ----------
     settings : Settings
     catalog : NeighbourIndex, optional
-        Catalogue for live neighbours (``settings.catalog_path`` loads one in the CLI).
+        A catalogue already in memory; it replaces the one ``settings.catalog_path`` names.
     """
 
     def __init__(self, settings: Settings, catalog: NeighbourIndex | None = None) -> None:
@@ -102,6 +111,15 @@ class Daemon:
         self._to_commit: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self._worker_stop = threading.Event()
+        # Created by startup(), in this order; shutdown() releases those that exist.
+        self.model: GenreModel | None = None
+        self.http: ThreadingHTTPServer | None = None
+        self.kafka: KafkaSink | None = None
+        self.redis: RedisSink | None = None
+        self.pipeline: Pipeline | None = None
+        self.source: ChunkSource | None = None
+        self.gc_pauses: GcPauses | None = None
+        self._worker: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -124,6 +142,8 @@ class Daemon:
         self.model = GenreModel(s.model_path, threads=s.ort_threads)
         self.health.model_loaded = True
         self.metrics.model_info.labels(self.model.version).set(1)
+        if self.catalog is None and s.catalog_path is not None:
+            self.catalog = Catalog.load(s.catalog_path)
         if self.catalog is not None:
             self.catalog.check_model(self.model)  # embeddings of another model live in another space
         self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
@@ -183,9 +203,9 @@ class Daemon:
         """
         started = time.monotonic()
         log.info("draining (budget %.1fs)", self.settings.drain_timeout_s)
-        if hasattr(self, "gc_pauses"):
+        if self.gc_pauses is not None:
             self.gc_pauses.close()
-        if hasattr(self, "source"):
+        if self.source is not None:
             self._generation += 1  # makes every queued record stale
             self._overflow.clear()
             barrier = self._barrier(set(), self.settings.drain_timeout_s)
@@ -196,9 +216,11 @@ class Daemon:
                 self.source.close()
             except KafkaError as exc:
                 log.warning("consumer close: %s", exc)
-        if hasattr(self, "kafka"):
+        if self.kafka is not None:
             self.kafka.close(timeout_s=max(0.5, self.settings.drain_timeout_s - (time.monotonic() - started)))
+        if self.redis is not None:
             self.redis.close()
+        if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
         log.info("stopped after %.2fs drain", time.monotonic() - started)

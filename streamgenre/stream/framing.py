@@ -21,6 +21,7 @@ which bounds what the daemon may commit (see ``docs/RELIABILITY.md``).
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import zlib
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ import numpy as np
 import soxr
 
 from streamgenre.model.features import FeatureRecipe, StreamingLogMel, compress, frames_to_mel, window_input
-from streamgenre.stream.wire import Chunk
+from streamgenre.stream.wire import BadInput, Chunk
 
 
 @dataclass
@@ -74,6 +75,7 @@ class PushResult:
     windows: list[Window] = field(default_factory=list)
     reset_reason: str | None = None
     duplicate: bool = False
+    bad_input: BadInput | None = None  # a long container that failed while its blocks were decoded
 
 
 class StreamState:
@@ -224,6 +226,11 @@ class Framer:
         The same as pushing them one by one, but the new STFT frames of all of them go through a
         single :func:`~streamgenre.model.features.frames_to_mel` pass: for 0.5 s chunks that is about a
         third cheaper per frame than one pass per chunk (fewer, larger numpy calls).
+
+        A long container (``chunk.more``, a whole upload in one message) is framed on its own,
+        block by block as it is decoded, after the chunks staged before it: its decoded audio and
+        STFT frames never exist whole. If a later block turns out bad, the message gets
+        ``bad_input`` and no windows (it goes to the DLQ whole) and its stream starts afresh.
         """
         results: list[PushResult] = []
         staged: list[tuple[StreamState, PushResult, np.ndarray, Arrival]] = []
@@ -234,19 +241,46 @@ class Framer:
             if state is None:
                 continue
             eos = arrival.chunk.headers.eos
-            frames = state.take_frames(arrival.chunk.samples, arrival.offset, arrival.received_at, last=eos)
-            staged.append((state, result, frames, arrival))
+            if arrival.chunk.more is not None:
+                self._frame_staged(staged)
+                staged = []
+                self._frame_blocks(state, result, arrival)
+            else:
+                frames = state.take_frames(arrival.chunk.samples, arrival.offset, arrival.received_at, last=eos)
+                staged.append((state, result, frames, arrival))
             if eos:
-                del self.streams[arrival.chunk.stream_id]
-        if staged:
-            log_frames = compress(frames_to_mel([frames for _, _, frames, _ in staged], self.recipe), self.recipe)
-            start = 0
-            for state, result, frames, arrival in staged:
-                share = log_frames[:, start : start + frames.shape[0]]
-                start += frames.shape[0]
-                result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts,
-                                                  arrival.chunk.headers.title)
+                self.streams.pop(arrival.chunk.stream_id, None)
+        self._frame_staged(staged)
         return results
+
+    def _frame_staged(self, staged: list[tuple[StreamState, PushResult, np.ndarray, Arrival]]) -> None:
+        if not staged:
+            return
+        log_frames = compress(frames_to_mel([frames for _, _, frames, _ in staged], self.recipe), self.recipe)
+        start = 0
+        for state, result, frames, arrival in staged:
+            share = log_frames[:, start : start + frames.shape[0]]
+            start += frames.shape[0]
+            result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts,
+                                              arrival.chunk.headers.title)
+
+    def _frame_blocks(self, state: StreamState, result: PushResult, arrival: Arrival) -> None:
+        """Frame a long container block by block (the resampler is told which block is last)."""
+        chunk = arrival.chunk
+        assert chunk.more is not None
+        block = chunk.samples
+        try:
+            for following in itertools.chain(chunk.more, [None]):
+                last = following is None and chunk.headers.eos
+                frames = state.take_frames(block, arrival.offset, arrival.received_at, last=last)
+                log_frames = compress(frames_to_mel([frames], self.recipe), self.recipe)
+                result.windows.extend(state.add_frames(log_frames, arrival.received_at, chunk.headers.ts,
+                                                       chunk.headers.title))
+                if following is not None:
+                    block = following
+        except BadInput as exc:
+            result.windows, result.bad_input = [], exc
+            self.streams.pop(chunk.stream_id, None)
 
     def _state_for(self, arrival: Arrival, result: PushResult) -> StreamState | None:
         """The state this chunk continues, a fresh one after a reset, or None for a duplicate."""

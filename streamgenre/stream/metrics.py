@@ -72,6 +72,19 @@ class Metrics:
             "streamgenre_ready", "1 when the model is loaded and the broker reachable.", registry=r)
         self.redis_up = Gauge("streamgenre_redis_up", "1 when the last Redis write succeeded.", registry=r)
         self.model_info = Gauge("streamgenre_model_info", "Loaded model (value 1).", ["version"], registry=r)
+        self.content_windows = Counter(
+            "streamgenre_content_windows", "Published windows by content state.", ["state"], registry=r)
+        self.content_model_loaded = Gauge(
+            "streamgenre_content_model_loaded", "1 when the speech/music model is in use (0: level only).", registry=r)
+        self.segments = Counter(
+            "streamgenre_segments", "Closed segments published, by state.", ["state"], registry=r)
+        self.alerts = Counter(
+            "streamgenre_alerts", "Alerts published on the alerts topic, by kind "
+            "(dead_air_start, dead_air_end, stream_down, stream_up).", ["kind"], registry=r)
+        self.dead_air_streams = Gauge(
+            "streamgenre_dead_air_streams", "Streams silent for at least dead_air_s right now.", registry=r)
+        self.streams_down = Gauge(
+            "streamgenre_streams_down", "Open streams without audio for at least stream_down_s.", registry=r)
         self.gc_pause = Histogram(
             "streamgenre_gc_pause_seconds", "Garbage-collector pauses of this process, by generation.",
             ["generation"], buckets=GC_BUCKETS, registry=r)
