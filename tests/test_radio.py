@@ -94,6 +94,7 @@ def test_relay_reconnects_after_icecast_restart_and_timeline_keeps_titles(
         wait_for(lambda: sum(p["t_start"] > restarted_at for p in timeline(settings, "fm-1")) >= 3, 40,
                  "windows of audio aired after the restart")
         page = urllib.request.urlopen(f"http://127.0.0.1:{relaxed.relay_metrics_port}/metrics", timeout=5).read()
+        ready = json.load(urllib.request.urlopen(f"http://127.0.0.1:{relaxed.relay_metrics_port}/readyz", timeout=5))
         assert all(thread.is_alive() for thread in relay._threads), "a station thread died"
         resets = daemon.metrics.window_resets.labels("seq_gap")._value.get()
     windows = timeline(settings, "fm-1")
@@ -104,6 +105,7 @@ def test_relay_reconnects_after_icecast_restart_and_timeline_keeps_titles(
     assert resets >= 1, "the reconnect must reach the daemon as a seq discontinuity"
     assert b'streamgenre_relay_connected{station="fm-1"} 1.0' in page
     assert b'streamgenre_relay_last_audio_age_seconds{station="fm-1"}' in page
+    assert ready == {"ready": True, "broker": "ok", "stations": {"fm-1": "connected"}}
     # The gap: the one place where consecutive windows are not back to back, from about the kill to
     # about the restart (ts runs up to Icecast's burst, ~1.5 s, ahead of the wall clock).
     gaps = sorted(((b["t_start"] - a["t_end"], a, b) for a, b in itertools.pairwise(windows)), key=lambda g: g[0])
@@ -223,6 +225,7 @@ def test_cli_refuses_bad_live_inputs_with_one_line(tmp_path: Path, capsys: pytes
     bad_yaml.write_text("stations: [{id: a, url: ftp://x/a.mp3}]\n")
     cases = [
         (["ingest", "http://x/a.mp3", "http://x/b.mp3", "--stream-id", "s"], "one URL per --stream-id"),
+        (["ingest", "http://x/a.mp3", "--stream-id", "s", "--loop"], "are for files"),
         (["relay", str(tmp_path / "missing.yaml")], "missing.yaml"),
         (["relay", str(bad_yaml)], "url must be an http"),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import random
 import socket
 import urllib.error
@@ -116,6 +117,8 @@ def test_failure_reasons() -> None:
     assert failure_reason(TimeoutError("timed out")) == "stalled"
     assert failure_reason(urllib.error.URLError(TimeoutError("timed out"))) == "stalled"
     assert failure_reason(ConnectionResetError()) == "connect"
+    assert failure_reason(http.client.BadStatusLine("ICY 200 OK")) == "bad_response"
+    assert failure_reason(http.client.RemoteDisconnected("closed")) == "connect"
     assert failure_reason(ValueError("bug")) == "internal_error"
 
 

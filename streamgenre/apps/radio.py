@@ -7,6 +7,7 @@ taken apart is unit-tested without a network (``tests/test_radio_units.py``).
 
 from __future__ import annotations
 
+import http.client
 import random
 import re
 import socket
@@ -168,6 +169,10 @@ def failure_reason(exc: BaseException) -> str:
         return "connect"
     if isinstance(exc, TimeoutError):
         return "stalled"
+    if isinstance(exc, http.client.RemoteDisconnected):  # also a ConnectionResetError: the server hung up
+        return "connect"
+    if isinstance(exc, http.client.HTTPException):  # not HTTP (e.g. SHOUTcast v1's "ICY 200 OK"), truncated
+        return "bad_response"
     if isinstance(exc, OSError):
         return "connect"
     return "internal_error"

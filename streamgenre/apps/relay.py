@@ -10,7 +10,9 @@ When a connection fails, stalls (no bytes for ``relay_read_timeout_s``), stops d
 but no audio: a codec change mid-stream) or ends, the station reconnects after a capped
 exponential backoff with jitter, and its ``seq`` restarts at 0 with ``ts`` from the wall clock:
 the daemon sees a ``seq`` discontinuity and starts a fresh window instead of gluing the audio
-before and after the gap into one. Stations never share anything but the Kafka producer (which
+before and after the gap into one. A title takes effect from the next chunk published after its
+metadata block arrives; ffmpeg holds well under a second of audio, so a title may lead its audio by
+about that much. Stations never share anything but the Kafka producer (which
 is thread-safe), so a failing station costs the others nothing.
 """
 
@@ -76,8 +78,8 @@ class RelayMetrics:
                                   registry=r)
         self.failures = Counter("streamgenre_relay_failures",
                                 "Station connections that failed or ended, by reason (dns, http_status, connect, "
-                                "not_audio, stalled, no_audio, decoder_exit, ended).", ["station", "reason"],
-                                registry=r)
+                                "bad_response, not_audio, stalled, no_audio, decoder_exit, ended).",
+                                ["station", "reason"], registry=r)
         self.bytes = Counter("streamgenre_relay_bytes", "Stream bytes received (ICY metadata removed).", station,
                              registry=r)
         self.chunks = Counter("streamgenre_relay_chunks", "PCM chunks published.", station, registry=r)
@@ -86,8 +88,18 @@ class RelayMetrics:
         self.last_audio_age = Gauge("streamgenre_relay_last_audio_age_seconds",
                                     "Seconds since the station's last decoded audio (since relay start if none).",
                                     station, registry=r)
+        self.broker_up = Gauge("streamgenre_relay_broker_up",
+                               "1 while the broker acknowledges the relay's chunks (0 after a failed publish).",
+                               registry=r)
+        self.broker_ok = True  # until a publish says otherwise
+        self.broker_up.set(1)
         self._started = time.monotonic()
         self._last_audio: dict[str, float] = {}
+
+    def publish_acknowledged(self, ok: bool) -> None:
+        if ok != self.broker_ok:
+            self.broker_ok = ok
+            self.broker_up.set(1 if ok else 0)
 
     def add_station(self, station_id: str) -> None:
         """Create the station's series at zero, so a station that never connects is visible."""
@@ -109,7 +121,8 @@ class RelayMetrics:
 
 @dataclass
 class RelayHealth:
-    """``/readyz`` of the relay: ready while the broker is reachable; stations are listed, not required."""
+    """``/readyz`` of the relay: ready while the broker acknowledges chunks; stations are listed, not required
+    (one dead station must not get the whole relay restarted)."""
 
     broker_ok: bool
     stations: dict[str, bool]
@@ -183,6 +196,8 @@ class _Decoder:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        # The station's next connection restarts seq: no block of this one may be published after.
+        self._reader.join()
 
 
 class StationRelay:
@@ -284,6 +299,7 @@ class StationRelay:
         headers = chunk_headers(PCM_TYPE, self._seq, ts, self.rate, 1, title=self.title)
         future = self.producer.send(self.settings.input_topic, key=self.station.id.encode(), value=pcm,
                                     headers=headers)
+        future.add_callback(lambda _metadata: self.metrics.publish_acknowledged(True))
         future.add_errback(self._on_publish_error)
         self._seq += 1
         self._samples += len(pcm) // 2
@@ -291,6 +307,7 @@ class StationRelay:
         self.metrics.audio_arrived(self.station.id)
 
     def _on_publish_error(self, exc: BaseException) -> None:
+        self.metrics.publish_acknowledged(False)
         self.metrics.publish_errors.labels(self.station.id).inc()
         log.error("station %s: a chunk was not published: %s", self.station.id, exc)
 
@@ -318,7 +335,7 @@ class Relay:
                         if serve_metrics else None)
 
     def _health(self) -> RelayHealth:
-        return RelayHealth(self.producer.bootstrap_connected(), {s.station.id: s.connected for s in self.stations})
+        return RelayHealth(self.metrics.broker_ok, {s.station.id: s.connected for s in self.stations})
 
     def start(self) -> Relay:
         for thread in self._threads:
@@ -369,15 +386,20 @@ def _run_in_foreground(relay: Relay) -> int:
     return 0
 
 
-def ingest_live(settings: Settings, sources: list[str], stream_id: str) -> int:
+def ingest_live(settings: Settings, sources: list[str], stream_id: str, chunk_s: float,
+                file_options: bool = False) -> int:
     """``streamgenre ingest URL --stream-id ID``: one station, relayed until stopped (no metrics port)."""
     if len(sources) != 1:
         raise IngestError("a live URL is a stream of its own: give one URL per --stream-id, or relay several "
                           "stations with `streamgenre relay stations.yaml`")
+    if file_options:
+        raise IngestError("--speed, --loop and --format are for files: a live URL is relayed as it arrives, "
+                          "as s16le")
     try:
         station = check_station(stream_id, sources[0], "--stream-id/URL: ")
     except StationsError as exc:
         raise IngestError(str(exc)) from exc
+    settings = settings.model_copy(update={"relay_chunk_s": chunk_s})
     return _run_in_foreground(Relay(settings, [station], serve_metrics=False))
 
 
