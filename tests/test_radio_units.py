@@ -19,6 +19,7 @@ from streamgenre.apps.radio import (
     is_live_url,
     parse_stations,
     parse_stream_title,
+    segment_start_ms,
 )
 
 STATIONS_YAML = """
@@ -126,3 +127,12 @@ def test_format_hint_from_content_type() -> None:
     assert format_hint("audio/mpeg") == "mp3" and format_hint("Audio/AACP; charset=x") == "aac"
     assert format_hint("application/ogg") == "ogg" and format_hint("") is None
     assert format_hint("application/octet-stream") is None
+
+
+def test_a_reconnect_never_goes_back_in_stream_time() -> None:
+    # First connection: anchored on the clock, less the first block's length.
+    assert segment_start_ms(0, now_ms=10_000, first_block_ms=500) == 9_500
+    # The last connection's audio ran 3 s ahead of the clock (burst, flood): continue from its end.
+    assert segment_start_ms(previous_end_ms=13_000, now_ms=10_500, first_block_ms=500) == 13_000
+    # After a real outage the clock is ahead: the gap shows in ts.
+    assert segment_start_ms(previous_end_ms=13_000, now_ms=60_000, first_block_ms=500) == 59_500

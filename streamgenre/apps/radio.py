@@ -98,6 +98,18 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) 
     return capped / 2 + rng.uniform(0, capped / 2)
 
 
+def segment_start_ms(previous_end_ms: int, now_ms: int, first_block_ms: int) -> int:
+    """``ts`` of a new connection's first sample: the wall clock, but never before the previous
+    connection's audio ended.
+
+    A station's ``ts`` runs ahead of the wall clock by what it sent faster than real time (Icecast's
+    burst on connect, a server that floods): anchored on the clock alone, a quick reconnect would
+    go back in stream time and reuse ``window_seq`` values that consumers already hold for other
+    audio.
+    """
+    return max(previous_end_ms, now_ms - first_block_ms)
+
+
 def parse_stream_title(metadata: bytes) -> str | None:
     """The ``StreamTitle`` of one ICY metadata block; None when the block carries none.
 

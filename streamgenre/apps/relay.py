@@ -50,6 +50,7 @@ from streamgenre.apps.radio import (
     failure_reason,
     format_hint,
     parse_stations,
+    segment_start_ms,
 )
 from streamgenre.config import Settings
 from streamgenre.stream.metrics import serve_http
@@ -220,7 +221,7 @@ class StationRelay:
     def run(self) -> None:
         attempt = 0
         while not self.stop.is_set():
-            self._seq = self._samples = 0  # every connection is a new segment for the daemon
+            self._seq = 0  # every connection is a new segment for the daemon
             try:
                 reason, detail = self._relay_once()
             except Exception as exc:  # one station's surprise must never end the relay of the others
@@ -294,7 +295,10 @@ class StationRelay:
     def _publish(self, pcm: bytes) -> None:
         """Publish one PCM block (decoder thread); ``ts`` counts samples from the connection's first block."""
         if self._seq == 0:
-            self._start_ms = round(time.time() * 1000 - 1000 * (len(pcm) // 2) / self.rate)
+            previous_end_ms = self._start_ms + round(1000 * self._samples / self.rate)
+            self._start_ms = segment_start_ms(previous_end_ms, round(time.time() * 1000),
+                                              round(1000 * (len(pcm) // 2) / self.rate))
+            self._samples = 0
         ts = self._start_ms + round(1000 * self._samples / self.rate)
         headers = chunk_headers(PCM_TYPE, self._seq, ts, self.rate, 1, title=self.title)
         future = self.producer.send(self.settings.input_topic, key=self.station.id.encode(), value=pcm,
