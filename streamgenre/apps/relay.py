@@ -39,6 +39,7 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
+from streamgenre.apps.errors import UsageError
 from streamgenre.apps.ingest import IngestError, make_producer
 from streamgenre.apps.radio import (
     NOT_AUDIO_TYPES,
@@ -394,15 +395,15 @@ def ingest_live(settings: Settings, sources: list[str], stream_id: str, chunk_s:
                 file_options: bool = False) -> int:
     """``streamgenre ingest URL --stream-id ID``: one station, relayed until stopped (no metrics port)."""
     if len(sources) != 1:
-        raise IngestError("a live URL is a stream of its own: give one URL per --stream-id, or relay several "
-                          "stations with `streamgenre relay stations.yaml`")
+        raise UsageError("a live URL is a stream of its own: give one URL per --stream-id, or relay several "
+                         "stations with `streamgenre relay stations.yaml`")
     if file_options:
-        raise IngestError("--speed, --loop and --format are for files: a live URL is relayed as it arrives, "
-                          "as s16le")
+        raise UsageError("--speed, --loop and --format are for files: a live URL is relayed as it arrives, "
+                         "as s16le")
     try:
         station = check_station(stream_id, sources[0], "--stream-id/URL: ")
     except StationsError as exc:
-        raise IngestError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     settings = settings.model_copy(update={"relay_chunk_s": chunk_s})
     return _run_in_foreground(Relay(settings, [station], serve_metrics=False))
 
@@ -411,7 +412,7 @@ def _cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stations = parse_stations(args.stations.read_text())
     except StationsError as exc:
-        raise IngestError(f"{args.stations}: {exc}") from exc
+        raise UsageError(f"{args.stations}: {exc}") from exc
     return _run_in_foreground(Relay(settings, stations))
 
 
