@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import http.client
 import json
 import logging
 import random
@@ -32,7 +33,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.client import HTTPResponse
 from pathlib import Path
 
 from kafka import KafkaProducer
@@ -211,7 +211,7 @@ class StationRelay:
         self.stop, self.ffmpeg = stop, ffmpeg
         self.rate = settings.relay_sample_rate
         self.connected = False
-        self.title: str | None = None
+        self.title: str | None = None  # kept across reconnects until the station sends a new one
         self.trust_content_type = True
         self._rng = random.Random()
         self._seq = 0
@@ -265,7 +265,7 @@ class StationRelay:
             finally:
                 decoder.close()
 
-    def _pump(self, response: HTTPResponse, demuxer: IcyDemuxer, decoder: _Decoder) -> tuple[str, str]:
+    def _pump(self, response: http.client.HTTPResponse, demuxer: IcyDemuxer, decoder: _Decoder) -> tuple[str, str]:
         """Station bytes → decoder until the connection ends, stalls or stops decoding."""
         connected_at = time.monotonic()
         timeout = self.settings.relay_read_timeout_s
@@ -275,6 +275,8 @@ class StationRelay:
                 data = response.read1(READ_BYTES)
             except TimeoutError:
                 return "stalled", f"no bytes for {timeout:g} s (connection open)"
+            except (OSError, http.client.HTTPException) as exc:  # reset, truncated chunk: a reconnect, no traceback
+                return failure_reason(exc), f"{self.station.url}: {exc!r}"
             if not data:
                 return "ended", "the server closed the stream"
             audio, title = demuxer.feed(data)
