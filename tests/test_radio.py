@@ -25,11 +25,11 @@ import pytest
 import redis
 
 from streamgenre.apps import cli
-from streamgenre.apps.devbroker import free_port
+from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.apps.radio import Station
 from streamgenre.apps.relay import Relay, RelayMetrics
 from streamgenre.config import Settings
-from tests.conftest import REDIS_URL, SHARED, read_topic, running_daemon
+from tests.conftest import REDIS_URL, SHARED, isolated_settings, read_topic, running_daemon
 from tests.radio import RadioStation, default_programme, require
 
 EXAMPLES = SHARED / "data" / "examples"
@@ -255,3 +255,49 @@ def test_ingest_url_relays_a_live_station_with_titles_until_sigterm(settings: Se
     assert {h["content-type"] for h in headers} == {b"audio/pcm;format=s16le"}
     titles = {h["title"].decode() for h in headers if "title" in h}
     assert titles and titles <= {item.title for item in station.programme}
+
+
+@pytest.mark.integration
+def test_check_song_speech_silence_song_segments_titles_dead_air_and_reconnect(
+        broker: DevBroker, redis_prefix: str) -> None:
+    """Issue 18's check: the station airs song -> speech -> silence -> song with ICY titles; with
+    the shipped genre and content models the timeline has music, speech and silence segments in
+    that order with those titles, a dead-air alert, and a reconnect after the server restart."""
+    _need_shared_data()
+    programme = default_programme(EXAMPLES, seconds=15.0, silence_s=12.0)
+    settings = isolated_settings(broker.bootstrap, Settings().model_path, redis_prefix, segment_min_s=5.0,
+                                 dead_air_s=5.0)
+    ensure_topics(settings)
+    radio = RadioStation(programme).start()
+    try:
+        with running_daemon(settings), Relay(relay_settings(settings), [Station("check-fm", radio.url)]) as relay:
+            # One whole cycle from the first complete window, then kill -9 and restart the server.
+            wait_for(lambda: len(timeline(settings, "check-fm")) >= 1, 40, "the first window")
+            first = timeline(settings, "check-fm")[0]["t_start"]
+            wait_for(lambda: timeline(settings, "check-fm")[-1]["t_end"] > first + radio.cycle_s, 90,
+                     "a whole programme cycle")
+            radio.kill_server()
+            time.sleep(2.0)
+            radio.start()
+            restarted_at = time.time()
+            wait_for(lambda: sum(w["t_start"] > restarted_at for w in timeline(settings, "check-fm")) >= 2, 40,
+                     "windows after the restart")
+        reconnects = sample(relay.metrics, "streamgenre_relay_reconnects_total", station="check-fm")
+    finally:
+        radio.stop()
+    client = redis.Redis.from_url(REDIS_URL)
+    segments = [json.loads(f[b"json"]) for _, f in client.xrange(f"{redis_prefix}:check-fm:segments")]
+    story = [(s["state"], s["title"]) for s in segments]
+    titles = {item.kind: item.title for item in programme if item.kind != "music"}
+    expected = [("speech", titles["speech"]), ("silence", titles["silence"])]
+    # The speech and silence items, in that order, each as a segment of its own title, between songs.
+    positions = [story.index(pair) for pair in expected if pair in story]
+    assert len(positions) == 2 and positions == sorted(positions), story
+    songs = [item.title for item in programme if item.kind == "music"]
+    assert story[positions[0] - 1] == ("music", songs[0]), story
+    # The second song follows the silence. It is sung: its start may be "mixed" (voice over music).
+    assert story[positions[1] + 1][1] == songs[1] and story[positions[1] + 1][0] in {"music", "mixed"}, story
+    assert ("music", songs[1]) in story[positions[1] + 1:], story
+    alerts = [json.loads(m.value) for m in read_topic(settings.bootstrap_servers, settings.alerts_topic, 1, 10)]
+    assert any(a["kind"] == "dead_air_start" for a in alerts), alerts
+    assert reconnects >= 1
