@@ -119,7 +119,8 @@ def test_relay_reconnects_after_icecast_restart_and_timeline_keeps_titles(
 
 
 class HostileStation(BaseHTTPRequestHandler):
-    """Streams that break in ways Icecast itself does not: a stall, and a codec change mid-stream."""
+    """Streams that break in ways Icecast itself does not: a stall, a page served as audio, and a
+    codec change mid-stream."""
 
     mp3: bytes = b""
     aac: bytes = b""
@@ -138,6 +139,8 @@ class HostileStation(BaseHTTPRequestHandler):
             self.wfile.write(self.mp3)
             self.wfile.flush()
             self.closing.wait(60)  # connection open, nothing more: only a read timeout notices
+        elif self.path == "/page.mp3":  # an error page under an audio type, then the server hangs up
+            self.wfile.write(b"<html><body>This station has moved. Listen on our new website!</body></html>\n" * 50)
         elif self.path == "/codec-change":
             type(self).codec_requests += 1
             # First connection: mp3, then AAC bytes on the same response (a fallback source of
@@ -185,6 +188,7 @@ def test_bad_stations_are_logged_and_counted_and_cost_the_good_one_nothing(
         "missing": (f"{icecast}/no-such-mount.mp3", "http_status"),
         "webpage": (f"{icecast}/status.xsl", "not_audio"),
         "stall": (f"{hostile_server}/stall.mp3", "stalled"),
+        "page": (f"{hostile_server}/page.mp3", "no_audio"),
         "codec": (f"{hostile_server}/codec-change", "no_audio"),
     }
     stations = [Station("good", station.url)] + [Station(sid, url) for sid, (url, _) in bad.items()]

@@ -261,9 +261,12 @@ class StationRelay:
             hint = format_hint(content_type) if self.trust_content_type else None
             decoder = _Decoder(self.ffmpeg, self.rate, block_bytes, self._publish, hint)
             try:
-                return self._pump(response, demuxer, decoder)
+                reason, detail = self._pump(response, demuxer, decoder)
             finally:
                 decoder.close()
+        if reason == "ended" and decoder.last_audio is None:  # e.g. an error page served as audio/mpeg
+            return "no_audio", f"the stream ended without decodable audio: {decoder.error()}"
+        return reason, detail
 
     def _pump(self, response: http.client.HTTPResponse, demuxer: IcyDemuxer, decoder: _Decoder) -> tuple[str, str]:
         """Station bytes → decoder until the connection ends, stalls or stops decoding."""
