@@ -6,6 +6,7 @@ import http.client
 import random
 import socket
 import urllib.error
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,9 @@ def test_a_reconnect_never_goes_back_in_stream_time() -> None:
     assert segment_start_ms(previous_end_ms=13_000, now_ms=10_500, first_block_ms=500) == 13_000
     # After a real outage the clock is ahead: the gap shows in ts.
     assert segment_start_ms(previous_end_ms=13_000, now_ms=60_000, first_block_ms=500) == 59_500
+
+
+def test_shipped_stations_example_parses() -> None:
+    """deploy/stations.yaml (mounted by docker compose --profile radio) is a valid stations file."""
+    example = Path(__file__).resolve().parents[1] / "deploy" / "stations.yaml"
+    assert [station.id for station in parse_stations(example.read_text())] == ["example-jazz", "example-talk"]
