@@ -99,7 +99,8 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if any(is_live_url(source) for source in args.sources):
         from streamgenre.apps.relay import ingest_live
 
-        return ingest_live(settings, args.sources, args.stream_id)
+        return ingest_live(settings, args.sources, args.stream_id, chunk_s=args.chunk_s,
+                           file_options=args.speed != 1.0 or args.loop or args.format != "s16le")
 
     def report(source: SourceReport) -> None:
         if source.error is not None:
