@@ -90,7 +90,8 @@ def test_broken_content_model_files_are_clear_errors(tmp_path: Path, breakage: s
 
 
 def test_tail_shows_state_and_title() -> None:
-    base = {"ts": 1_764_000_000_000, "stream_id": "radio-1", "window_seq": 7, "latency_ms": 5.0, "genre": None,
+    base = {"ts": 1_764_000_000_000, "t_start": 1_764_000_000.0, "stream_id": "radio-1", "window_seq": 7,
+            "latency_ms": 5.0, "genre": None,
             "confidence": 0.4, "smoothed_genre": None, "smoothed_probs": {"jazz": 0.6}, "state": "speech",
             "state_probs": {"speech": 0.93}, "title": "News at six"}
     line = format_prediction(base)

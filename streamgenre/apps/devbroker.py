@@ -80,6 +80,9 @@ class DevBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> DevBroker:
+        # Whatever already listens there would answer wait_for_port below in tansu's place.
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            raise BrokerError(f"port {self.port} on 127.0.0.1 is in use (another broker?); choose another with --port")
         url = f"tcp://127.0.0.1:{self.port}"
         command = [str(broker_binary()), "broker", "--listener-url", url,
                    "--advertised-listener-url", url, "--storage-engine", self.storage]
