@@ -112,7 +112,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                        (401, "missing or unknown API key"), (404, "no such job or stream"),
                        (413, "upload or its audio too large"),
                        (422, "undecodable audio or bad parameters"), (429, "rate limit exceeded"),
-                       (503, "Redis or Kafka unavailable"))
+                       (503, "Redis or Kafka unavailable, or the server too busy to finish in time"))
 }
 
 
@@ -284,6 +284,9 @@ def create_app(settings: Settings, model: GenreModel | None = None, catalog: Nei
             raise problem(bad_input_status(exc), exc.reason.value, exc.detail) from None
         except TooShort as exc:
             raise problem(422, "too_short", str(exc)) from None
+        except TimeoutError:
+            raise problem(503, "overloaded", "inference did not finish in time; retry later or use ?async=true",
+                          {"Retry-After": "30"}) from None
         result["duration_s"] = round(decoded.duration_s, 3)
         return JSONResponse(Classification.model_validate(result).model_dump())
 
