@@ -71,6 +71,7 @@ def isolated_settings(bootstrap: str, model_path: Path, redis_prefix: str, **ove
     fields: dict[str, object] = {
         "bootstrap_servers": bootstrap, "group_id": f"g-{run}", "input_topic": f"in-{run}",
         "output_topic": f"out-{run}", "events_topic": f"ev-{run}", "dlq_topic": f"dlq-{run}",
+        "segments_topic": f"seg-{run}", "alerts_topic": f"alert-{run}",
         "redis_url": REDIS_URL, "redis_prefix": redis_prefix, "model_path": model_path,
         "metrics_host": "127.0.0.1", "metrics_port": free_port(),
     }

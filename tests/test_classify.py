@@ -120,7 +120,8 @@ def test_expected_windows_and_the_aligned_anchor() -> None:
     ts = aligned_anchor_ms(TRACK_STREAM_ID, rate, hop)
     assert ts * rate // 1000 == grid_phase(TRACK_STREAM_ID, hop, rate)
     window = TEST_RECIPE.window_samples
-    assert expected_windows(TRACK_STREAM_ID, ts, window - 1, rate, TEST_RECIPE, hop_frames) == 0
+    assert expected_windows(TRACK_STREAM_ID, ts, 0, rate, TEST_RECIPE, hop_frames) == 0
+    assert expected_windows(TRACK_STREAM_ID, ts, window - 1, rate, TEST_RECIPE, hop_frames) == 1  # short window
     assert expected_windows(TRACK_STREAM_ID, ts, window, rate, TEST_RECIPE, hop_frames) == 1
     assert expected_windows(TRACK_STREAM_ID, ts, window + hop, rate, TEST_RECIPE, hop_frames) == 2
     assert expected_windows(TRACK_STREAM_ID, ts, 2 * (window + hop), 2 * rate, TEST_RECIPE, hop_frames) == 2

@@ -283,7 +283,7 @@ def create_app(settings: Settings, model: GenreModel | None = None, catalog: Nei
         except BadInput as exc:
             raise problem(bad_input_status(exc), exc.reason.value, exc.detail) from None
         except TooShort as exc:
-            raise problem(422, "too_short", str(exc)) from None
+            raise problem(422, "no_audio", str(exc)) from None
         except TimeoutError:
             raise problem(503, "overloaded", "inference did not finish in time; retry later or use ?async=true",
                           {"Retry-After": "30"}) from None
