@@ -6,13 +6,16 @@ ingest, tail, demo, catalog, bench), so everything here is argument parsing and 
 Exit codes, the same for every command:
 
 * **0** — done.
-* **2** — a usage or start-up error, nothing done: a bad option (argparse's own message), or an
-  error the user can fix — :class:`~streamgenre.apps.errors.UsageError`, a missing or invalid model
+* **2** — a usage or start-up error, nothing done: a bad option (argparse's own message), a bad
+  ``STREAMGENRE_*`` setting, or an error the user can fix —
+  :class:`~streamgenre.apps.errors.UsageError` (and its subclasses), a missing or invalid model
   (``ModelError``) or catalogue (``CatalogError``), a missing file, bad ingest input, the dev
-  broker failing to start, no Kafka broker answering. Printed as one line,
-  ``streamgenre COMMAND: error: MESSAGE``, on stderr, without a traceback. :func:`main` is the
-  one place that maps these errors to messages; a command raises, it does not print and return.
-* **1** — anything else: a bug, reported by Python with its traceback.
+  broker failing to start, a daemon start-up failure (``StartupError``: a busy metrics port, ...),
+  no Kafka broker answering. Printed as one line, ``streamgenre COMMAND: error: MESSAGE``, on
+  stderr, without a traceback. :func:`main` is the one place that maps these errors to messages;
+  a command raises them, it does not print and return.
+* **1** — the command ran but some of its inputs failed (``ingest``, ``classify``: each failure
+  and a summary on stderr); also what Python exits with on a bug, with its traceback.
 """
 
 from __future__ import annotations
