@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(args.model.resolve(), args.clients, args.requests, args.ort_threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"api-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{args.model.stem}.json"
+    name = {SHIPPED_MODEL: "shipped", ROOT / "model" / "student" / "genre_cnn.onnx": "student"}.get(
+        args.model.resolve(), args.model.stem)
+    path = args.out / f"api-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'clients':>7} {'req/s':>7} {'p50 s':>7} {'p99 s':>7} {'failed':>6}")
     for level in result["levels"]:
