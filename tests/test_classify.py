@@ -139,3 +139,19 @@ def test_summarise_takes_genre_from_music_windows_only() -> None:
     silent = summarise(labels, probs[:1], [0.0], [3.0], [{"state": "silence"}])
     assert silent["genre"] is None and silent["probabilities"] is None and silent["states"] == {"silence": 1.0}
     assert summarise(labels, probs[:1], [0.0], [3.0])["genre"] == "a"  # no states known: every window counts
+
+
+def test_job_state_is_pending_until_every_window_and_counts_replays_once() -> None:
+    from streamgenre.apps.jobs import job_state
+
+    record = {"job_id": "j", "ts_ms": 1000, "duration_s": 7.0, "windows_expected": 2}
+
+    def prediction(seq: int) -> dict:
+        return {"window_seq": seq, "t_start": 1.0 + 3 * seq, "t_end": 4.0 + 3 * seq, "probs": {"a": 0.8, "b": 0.2},
+                "model_version": "m", "state": "music", "state_probs": {"music": 1.0}, "level_dbfs": -20.0}
+
+    pending = job_state(record, [prediction(0), prediction(0)])  # a replay repeated window 0
+    assert (pending["status"], pending["windows_done"], pending["result"]) == ("pending", 1, None)
+    done = job_state(record, [prediction(0), prediction(1), prediction(0)])
+    assert done["status"] == "done" and done["result"]["genre"] == "a" and done["result"]["windows"] == 2
+    assert [w["t_start"] for w in done["result"]["timeline"]] == [0.0, 3.0]  # from the start of the upload
