@@ -78,6 +78,21 @@ def ours(path: Path, model: GenreModel) -> tuple[np.ndarray, float]:
     return probs.mean(axis=0), time.process_time() - cpu0
 
 
+def summarise(rows: list[dict]) -> dict[str, float]:
+    """Audio-seconds per CPU-second of both sides, their ratio, and both clip accuracies."""
+    audio = sum(r["audio_s"] for r in rows)
+    summary = {
+        "clips": len(rows),
+        "audio_s": round(audio, 1),
+        "theirs_audio_s_per_cpu_s": round(audio / sum(r["theirs_cpu_s"] for r in rows), 2),
+        "ours_audio_s_per_cpu_s": round(audio / sum(r["ours_cpu_s"] for r in rows), 1),
+        "theirs_clip_accuracy": round(float(np.mean([r["theirs"] == r["genre"] for r in rows])), 3),
+        "ours_clip_accuracy": round(float(np.mean([r["ours"] == r["genre"] for r in rows])), 3),
+    }
+    summary["ours_over_theirs"] = round(summary["ours_audio_s_per_cpu_s"] / summary["theirs_audio_s_per_cpu_s"], 1)
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/gtzan-mini")
@@ -95,7 +110,16 @@ def main() -> int:
     # One untimed pass of each first: lazy imports, TF's and onnxruntime's first-run set-up.
     theirs(clips[0].path, weight, bias)
     ours(clips[0].path, model)
-    rows = []
+    path = RESULTS / f"musicnn-extractor-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    header = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(sys.argv),
+        "ours_model": str(default), "theirs": f"musicnn.extractor {TAGGERS}, input_length {INPUT_LENGTH_S} s, "
+                                              f"input_overlap {HOP_S} s, + the shipped genre head",
+        "tensorflow": tf.__version__, "python": platform.python_version(), "loadavg": os.getloadavg(),
+        "clips_in_split": len(clips),
+    }
+    rows: list[dict[str, object]] = []
     for clip in clips:
         audio_s = float(len(read_audio(clip.path, 16000)) / 16000)
         p_theirs, cpu_theirs = theirs(clip.path, weight, bias)
@@ -104,28 +128,9 @@ def main() -> int:
                      "theirs": shipped_labels[int(np.argmax(p_theirs))], "theirs_cpu_s": round(cpu_theirs, 3),
                      "ours": model.labels[int(np.argmax(p_ours))], "ours_cpu_s": round(cpu_ours, 4)})
         print(rows[-1], flush=True)
-    audio = sum(r["audio_s"] for r in rows)
-    summary = {
-        "clips": len(rows),
-        "audio_s": round(audio, 1),
-        "theirs_audio_s_per_cpu_s": round(audio / sum(r["theirs_cpu_s"] for r in rows), 2),
-        "ours_audio_s_per_cpu_s": round(audio / sum(r["ours_cpu_s"] for r in rows), 1),
-        "theirs_clip_accuracy": round(float(np.mean([r["theirs"] == r["genre"] for r in rows])), 3),
-        "ours_clip_accuracy": round(float(np.mean([r["ours"] == r["genre"] for r in rows])), 3),
-    }
-    summary["ours_over_theirs"] = round(summary["ours_audio_s_per_cpu_s"] / summary["theirs_audio_s_per_cpu_s"], 1)
-    result = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(sys.argv),
-        "ours_model": str(default), "theirs": f"musicnn.extractor {TAGGERS}, input_length {INPUT_LENGTH_S} s, "
-                                              f"input_overlap {HOP_S} s, + the shipped genre head",
-        "tensorflow": tf.__version__, "python": platform.python_version(), "loadavg": os.getloadavg(),
-        "summary": summary, "clips": rows,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"musicnn-extractor-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(summary), f"\nwritten {path}")
+        # Written after every clip: a run stopped early still leaves its figures (with their count).
+        path.write_text(json.dumps({**header, "summary": summarise(rows), "clips": rows}, indent=2) + "\n")
+    print(json.dumps(summarise(rows)), f"\nwritten {path}")
     return 0
 
 
