@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 # Debian packages (ffmpeg, icecast2, prometheus) are installed by .ci/system-packages.sh when missing.
-.PHONY: demo test test-fast test-faults reliability lint train student student-curve robustness model bench bench-model deploy-check schemas clean
+.PHONY: demo test test-fast test-faults reliability lint train student student-curve robustness model musicnn-compare bench bench-model deploy-check schemas clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -92,6 +92,11 @@ $(CONVERT_VENV)/.installed:
 
 model: $(CONVERT_VENV)/.installed
 	TF_USE_LEGACY_KERAS=1 PYTHONPATH=. $(CONVERT_VENV)/bin/python -m training.convert_musicnn
+
+# musicnn's own extractor (TensorFlow, as shipped, 1.5 s hop) against our default model on gtzan-mini
+# test: audio-seconds per CPU-second and clip accuracy (docs/PERFORMANCE.md; ~15 min on 2 cores).
+musicnn-compare: $(CONVERT_VENV)/.installed
+	TF_USE_LEGACY_KERAS=1 PYTHONPATH=. $(CONVERT_VENV)/bin/python -m training.musicnn_extractor_compare
 
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/streamgenre bench
