@@ -81,7 +81,8 @@ VALID_WAV = _wav(400, 2)
 seqs = st.integers(0, 2**31)
 timestamps = st.integers(0, 2**45)
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
-good_keys = text.filter(bool).map(str.encode)
+# Keys the daemon accepts (streamgenre.stream.wire.validate_stream_id); others are bad_key.
+good_keys = st.from_regex(r"[A-Za-z0-9._:/@+-]{1,40}", fullmatch=True).map(str.encode)
 extra_headers = st.lists(
     st.tuples(
         st.text("abcdefghijklmnopqrstuvwxyz-_.0123456789", min_size=1, max_size=12).filter(

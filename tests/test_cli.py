@@ -17,7 +17,7 @@ from streamgenre.config import Settings
 from tests.audio import tone_mix
 from tests.conftest import read_topic
 
-COMMANDS = ["run", "broker", "ingest", "tail", "demo", "index", "similar"]
+COMMANDS = ["run", "broker", "ingest", "relay", "tail", "demo", "index", "similar"]
 
 
 def streamgenre(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -40,6 +40,21 @@ def test_missing_model_is_a_clear_error() -> None:
 def test_bad_path_is_a_clear_error() -> None:
     result = streamgenre("ingest", "/nonexistent.wav", "--stream-id", "x")
     assert result.returncode == 2 and "/nonexistent.wav: no such file" in result.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["similar", "x.wav", "--catalog", "c", "-k", "0"], "streamgenre similar: error: -k must be at least 1, got 0"),
+    (["similar", "/nonexistent.wav", "--catalog", "c"], "streamgenre similar: error: no such audio file"),
+    (["index", "/nonexistent", "--out", "{tmp}/c"], "streamgenre index: error: no such file or folder"),
+    (["classify", "{tmp}", "--workers", "0"], "streamgenre classify: error: --workers must be at least 1"),
+    (["report", "--stream-id", "sgtest-never-seen", "--out", "{tmp}/r"],
+     "streamgenre report: error: no segments or windows for stream 'sgtest-never-seen'"),
+])
+def test_every_command_reports_user_errors_as_one_line_and_exit_2(argv: list[str], message: str,
+                                                                  tmp_path: Path) -> None:
+    result = streamgenre(*(a.format(tmp=tmp_path) for a in argv))
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.mark.integration  # starts tansu: not in `make test-fast`

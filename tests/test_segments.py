@@ -62,6 +62,17 @@ def test_dead_air_is_raised_once_per_episode() -> None:
     assert [a.kind for a in alerts] == ["dead_air_start"]
 
 
+def test_with_a_title_a_genre_flip_inside_the_song_does_not_split_it() -> None:
+    segments, _ = run(song(6, "jazz", "A") + song(4, "rock", "A") + song(4, "jazz", "A"))
+    assert [(s.title, s.genre, s.windows) for s in segments] == [("A", "jazz", 14)]
+    assert segments[0].to_dict()["genre_confidence"] == pytest.approx(10 * 0.8 / 14, abs=1e-5)
+
+
+def test_without_titles_a_lasting_genre_change_splits() -> None:
+    segments, _ = run(song(6, "jazz", None) + song(4, "rock", None))
+    assert [(s.genre, s.start) for s in segments] == [("jazz", 0.0), ("rock", 18.0)]
+
+
 def test_a_new_title_starts_a_segment_once_it_holds() -> None:
     segments, _ = run(song(6, title="A") + song(6, title="B"))
     assert [(s.title, s.start) for s in segments] == [("A", 0.0), ("B", 18.0)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from streamgenre.stream.batching import MicroBatcher
 from streamgenre.stream.framing import Arrival, Framer
 from streamgenre.stream.metrics import GcPauses, Metrics
+from streamgenre.stream.pipeline import DeadLetterLog
 from streamgenre.stream.smoothing import GenreSmoother
 from streamgenre.stream.wire import Chunk, ChunkHeaders
 from tests.modelgen import TEST_RECIPE
@@ -186,6 +188,51 @@ def test_gc_pauses_are_timed_by_generation_until_closed() -> None:
     assert timed is not None and timed >= 1
     gc.collect()
     assert full_collections() == timed
+
+
+def test_dead_letters_are_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    dead_letters = DeadLetterLog(interval_s=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="streamgenre.stream.pipeline"):
+        logged = [dead_letters.record("bad_key", f"in/0/{i}", "stream id is empty") for i in range(5)]
+        now[0] += 10.0
+        logged.append(dead_letters.record("bad_key", "in/0/5", "stream id is empty"))
+    assert logged == [True, False, False, False, False, True]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["dead letter bad_key at in/0/0: stream id is empty",
+                     "dead letter bad_key at in/0/5: stream id is empty (+4 more since the last such line)"]
+
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 1.5])
+def test_an_ended_stream_too_short_for_the_grid_gets_exactly_one_window(seconds: float) -> None:
+    """Issue 17.4: whether a short upload got a window depended on its id's grid phase."""
+    window_s = TEST_RECIPE.window_samples / RATE
+    for index in range(20):  # different ids, different phases
+        stream = f"upload-{index}"
+        pieces = round(seconds / 0.1)
+        chunks = [chunk(stream, seq, 10_000_000 + 100 * seq, seconds=0.1, eos=seq == pieces - 1)
+                  for seq in range(pieces)]
+        windows = [w for r in feed(Framer(TEST_RECIPE, HOP_FRAMES), chunks) for w in r.windows]
+        assert len(windows) >= 1, f"{stream}: {seconds} s upload got no window"
+        if seconds < window_s:
+            assert len(windows) == 1 and windows[0].short
+            only = windows[0]
+            assert only.logmel.shape == (1, TEST_RECIPE.n_mels, TEST_RECIPE.n_frames)
+            assert only.t_start == pytest.approx(10_000.0) and only.t_end == pytest.approx(10_000.0 + seconds, abs=1e-3)
+        else:
+            assert sum(w.short for w in windows) <= 1
+
+
+def test_a_stream_with_a_grid_window_gets_no_extra_short_one() -> None:
+    chunks = [chunk("long", seq, 10_000_000 + 500 * seq, eos=seq == 9) for seq in range(10)]
+    windows = [w for r in feed(Framer(TEST_RECIPE, HOP_FRAMES), chunks) for w in r.windows]
+    assert windows and not any(w.short for w in windows)
+
+
+def test_a_live_stream_keeps_no_head_audio_after_its_first_window() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    feed(framer, [chunk("live", seq, 10_000_000 + 500 * seq) for seq in range(10)])
+    assert framer.streams["live"].windows_emitted and not framer.streams["live"]._head
 
 
 def test_long_container_is_framed_block_by_block_like_one_array() -> None:

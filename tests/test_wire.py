@@ -13,6 +13,7 @@ import soundfile as sf
 from streamgenre.stream.wire import (
     MAX_TITLE_CHARS,
     SCHEMA_DIR,
+    STREAM_ID_MAX_LENGTH,
     BadInput,
     GenreEvent,
     Prediction,
@@ -20,6 +21,8 @@ from streamgenre.stream.wire import (
     chunk_headers,
     decode_chunk,
     encode_json,
+    parse_key,
+    validate_stream_id,
     write_schemas,
 )
 from tests.audio import encode_chunk, tone_mix
@@ -160,6 +163,31 @@ def test_hot_path_json_matches_pydantic_output() -> None:
         "level_dbfs": -18.5,
     }
     assert encode_json(payload) == Prediction.model_validate(payload).model_dump_json(exclude_none=True).encode()
+
+
+@pytest.mark.parametrize("stream_id",
+                         ["radio-7", "blues.00099", "a", "tenant:42/station@eu+1", "x" * STREAM_ID_MAX_LENGTH])
+def test_valid_stream_ids_pass_client_and_daemon_alike(stream_id: str) -> None:
+    assert validate_stream_id(stream_id) == stream_id
+    assert parse_key(stream_id.encode()) == stream_id
+
+
+@pytest.mark.parametrize(("stream_id", "message"), [
+    ("", "empty"),
+    ("x" * (STREAM_ID_MAX_LENGTH + 1), "limit is 128"),
+    ("x" * 100_000, "limit is 128"),
+    ("my song", "' '"),
+    ("tab\there", "'\\t'"),
+    ("caf\u00e9", "'\u00e9'"),
+    ("a*b", "'*'"),
+])
+def test_bad_stream_ids_are_refused_with_the_rule(stream_id: str, message: str) -> None:
+    with pytest.raises(BadInput) as client_side:
+        validate_stream_id(stream_id)
+    assert client_side.value.reason is Reason.BAD_KEY and message in str(client_side.value)
+    with pytest.raises(BadInput) as daemon_side:
+        parse_key(stream_id.encode())
+    assert daemon_side.value.reason is Reason.BAD_KEY
 
 
 def test_title_header_is_optional_and_never_refuses_the_audio() -> None:

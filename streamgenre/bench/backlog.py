@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 import uuid
@@ -88,19 +89,23 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
     return result
 
 
-def measure_transport(cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
+def measure_transport(
+    cfg: E2EConfig, verbose: bool = True, storage: str = "memory://tansu/", broker_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The floor under the end-to-end run: what moving the chunks alone costs on this box.
 
     The same real-time producer and broker as :func:`measure_e2e`, read by the daemon's own
     :class:`~streamgenre.stream.source.ChunkSource` in this process, which drops every record. What
     the broker, the producer and the source cost here is spent before any audio is decoded;
-    on a 2-core box it bounds how many streams are left for the pipeline.
+    on a 2-core box it bounds how many streams are left for the pipeline. The broker's CPU for
+    every second from the producer's start shows whether its cost is steady (``storage`` and
+    ``broker_env`` choose tansu's engine, e.g. ``s3://`` on a local S3).
     """
     from streamgenre.apps.devbroker import DevBroker
     from streamgenre.stream.source import ChunkSource
 
     run, tmp = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-"))
-    with DevBroker(log_path=tmp / "tansu.log") as broker:
+    with DevBroker(storage=storage, env=broker_env, log_path=tmp / "tansu.log") as broker:
         settings = run_settings(broker.bootstrap, run, SHIPPED_MODEL, cfg.partitions)
         source = ChunkSource(settings, on_revoked=lambda _: None, on_assigned=lambda _: None)
         deadline = time.monotonic() + 60
@@ -112,9 +117,12 @@ def measure_transport(cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
         )
         measure_from, measure_to = start_at + cfg.warmup_s, start_at + cfg.warmup_s + cfg.seconds
         records, marks = 0, {}
+        broker_samples = [(time.time(), cpu_seconds(broker.process.pid))]
         while time.time() < measure_to:
             polled = len(source.poll(timeout_ms=100))
             now = time.time()
+            if now >= broker_samples[-1][0] + 1.0:
+                broker_samples.append((now, cpu_seconds(broker.process.pid)))
             if now >= measure_from:
                 if not marks:
                     marks = {"source": time.process_time(), "broker": cpu_seconds(broker.process.pid),
@@ -129,6 +137,11 @@ def measure_transport(cfg: E2EConfig, verbose: bool = True) -> dict[str, Any]:
             "source_cpu_s_per_s": round((time.process_time() - marks["source"]) / span, 3),
             "broker_cpu_s_per_s": round((cpu_seconds(broker.process.pid) - marks["broker"]) / span, 3),
             "producer_cpu_s_per_s": round((cpu_seconds(producer.pid) - marks["producer"]) / span, 3),
+            "storage": storage.split(":", 1)[0],
+            "partitions": cfg.partitions,
+            "broker_cpu_s_per_s_by_second": [
+                round((c1 - c0) / (t1 - t0), 3) for (t0, c0), (t1, c1) in itertools.pairwise(broker_samples)
+            ],
         }
         producer.join(30)
         source.close()

@@ -67,9 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument(
         "--memory-streams", type=int, nargs="*", default=[],
-        help="also measure the daemons' RSS holding this many streams (each count in turn), e.g. 1000 10000",
+        help="also measure RSS and state per stream with this many streams held (each count in turn, "
+        "in a process of its own), e.g. 1000 10000",
     )
-    bench.add_argument("--memory-active", type=int, default=100, help="streams sending live in the memory run")
+    bench.add_argument("--memory-active", type=int, default=100,
+                       help="of the streams held, how many keep receiving audio in the memory run")
     bench.add_argument("--sweep-start", type=int, default=125)
     bench.add_argument("--sweep-limit", type=int, default=4000)
     bench.add_argument(

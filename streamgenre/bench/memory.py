@@ -1,85 +1,106 @@
-"""Memory at scale: the daemon's RSS per stream with thousands of streams tracked, most idle, some active.
+"""Memory at scale: RSS and state per stream with thousands of streams held, most idle, some active.
 
-The real-time runs stop at a few hundred streams (the box's CPU), but a deployment's daemon
-tracks every stream it has seen until the stream is evicted: its memory is set by how many
-streams it holds, not by how many send right now. Here a backlog gives ``streams`` streams one
-full window each plus a hop (so each holds its steady-state buffers and smoothing state), the
-daemons drain it, and then ``active`` of them send in real time for a few seconds: RSS is
-sampled throughout, and its growth over the daemons' RSS before the first chunk, divided by
-the streams held, is the cost of one stream.
+The real-time runs stop at a few hundred streams (the box's CPU), but a daemon holds every
+stream it has seen until the stream is evicted, so its memory is set by how many streams it
+holds, not by how many send right now. Draining a 10,000-stream backlog through the broker
+would take this box an hour of CPU, so this runs in a fresh process of its own: the daemon's
+per-stream objects — a :class:`~streamgenre.stream.framing.Framer` state (resampler, streaming
+STFT, frame buffer, chunk offsets) and a :class:`~streamgenre.stream.smoothing.GenreSmoother`
+— for ``streams`` streams, each fed one full window and one chunk of audio (so every buffer page
+has been written: ``np.zeros`` pages cost no RSS until then), then ``active`` of them fed
+``ACTIVE_S`` seconds more. The model is not run: its memory does not grow with streams.
+RSS growth over the process before the first stream, per stream, is the figure; what the
+states themselves account for (``state_bytes``) is beside it, so the gap is Python's overhead.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
+import multiprocessing
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from streamgenre.bench.daemons import (
-    E2EConfig,
-    clean_redis,
-    output_consumer,
-    redis_answers,
-    run_settings,
-    running_daemons,
-    wait_group_ready,
-)
+import numpy as np
+
+from streamgenre.bench.audio import INPUT_RATE, N_VOICES, voice
 from streamgenre.bench.procfs import rss_bytes
-from streamgenre.bench.producer import start_producer
+from streamgenre.config import Settings
 
-ACTIVE_S = 6.0  # seconds the active streams send in real time after the backlog has drained
+ACTIVE_S = 6.0  # seconds of audio the active streams receive after every stream holds a window
 
 
-def measure_memory(model_path: Path, cfg: E2EConfig, active: int, verbose: bool = True) -> dict[str, Any]:
-    """RSS of ``cfg.workers`` daemons holding ``cfg.streams`` streams, ``active`` of them sending live."""
-    from streamgenre.apps.devbroker import DevBroker
+def memory_worker(model_path: str, streams: int, active: int, chunk_s: float, out: Any) -> None:
+    """In a spawned process: hold ``streams`` stream states, feed ``active`` more; report RSS."""
+    import gc
+    import os
+
     from streamgenre.model.contract import load_spec
+    from streamgenre.stream.framing import Arrival, Framer
+    from streamgenre.stream.smoothing import GenreSmoother
+    from streamgenre.stream.wire import Chunk, ChunkHeaders
 
-    spec = load_spec(model_path)
-    hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
-    # One full window and one hop per stream: the buffers reach their steady size.
-    seconds = cfg.chunk_s * math.ceil((spec.window_s + hop_s) / cfg.chunk_s)
-    run, tmp, redis_ok = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-")), redis_answers(cfg)
-    result: dict[str, Any] = {"streams": cfg.streams, "active": active, "audio_s_per_stream": seconds,
-                              "workers": cfg.workers}
-    with DevBroker(log_path=tmp / "tansu.log") as broker:
-        settings = run_settings(broker.bootstrap, run, model_path, cfg.partitions)
-        with running_daemons(settings, cfg, run, tmp, redis_ok) as (daemons, base_port):
-            consumer = output_consumer(settings, cfg.partitions)
-            wait_group_ready(daemons, tmp, base_port, cfg.partitions)
-            idle_rss = sum(rss_bytes(d.pid) for d in daemons)
-            started = time.time()
-            producer, _ = start_producer(broker.bootstrap, settings.input_topic, cfg.streams, seconds, cfg.chunk_s,
-                                         started - seconds - 1.0)
-            # Every stream completes at least one window: wait until that many came out.
-            expected, received, peak = cfg.streams, 0, idle_rss
-            deadline = started + 120 + cfg.streams * seconds / 100
-            while time.time() < deadline and (received < expected or producer.is_alive()):
-                received += sum(len(b) for b in consumer.poll(timeout_ms=500, max_records=20000).values())
-                peak = max(peak, sum(rss_bytes(d.pid) for d in daemons))
-            producer.join(30)
-            drained_rss = sum(rss_bytes(d.pid) for d in daemons)
-            result.update(drain_s=round(time.time() - started, 1), windows=received)
-            live, _ = start_producer(broker.bootstrap, settings.input_topic, active, ACTIVE_S, cfg.chunk_s,
-                                     time.time() + 0.5)
-            while live.is_alive():
-                consumer.poll(timeout_ms=500, max_records=20000)
-                peak = max(peak, sum(rss_bytes(d.pid) for d in daemons))
-            active_rss = sum(rss_bytes(d.pid) for d in daemons)
-            consumer.close()
-    clean_redis(cfg, run, redis_ok)
-    result.update(
-        rss_before_mb=round(idle_rss / 2**20, 1),
-        rss_held_mb=round(drained_rss / 2**20, 1),
-        rss_with_active_mb=round(active_rss / 2**20, 1),
-        rss_peak_mb=round(peak / 2**20, 1),
-        # Per stream held, at rest and with the live streams sending (what a deployment sizes for).
-        rss_bytes_per_stream=round((max(drained_rss, active_rss) - idle_rss) / cfg.streams),
-        rss_peak_bytes_per_stream=round((peak - idle_rss) / cfg.streams),
-    )
+    spec = load_spec(Path(model_path))
+    settings = Settings.model_fields
+    framer = Framer(spec.recipe, spec.hop_frames, max_streams=max(streams, settings["max_streams"].default))
+    smoothers: dict[str, GenreSmoother] = {}
+    probs = np.full(len(spec.labels), 1.0 / len(spec.labels), np.float32)
+    chunk_n = round(chunk_s * INPUT_RATE)
+    voices = [voice(v) for v in range(N_VOICES)]
+    step_records = settings["step_max_records"].default
+    start_ms = 1_760_000_000_000
+
+    def feed(ids: range, chunks: range) -> int:
+        windows = 0
+        for k in chunks:
+            headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=INPUT_RATE, channels=1,
+                                   seq=k, ts=start_ms + round(1000 * k * chunk_s))
+            for block in range(ids.start, ids.stop, step_records):
+                step = []
+                for i in range(block, min(block + step_records, ids.stop)):
+                    v = voices[i % N_VOICES]
+                    pos = (k * chunk_n) % (v.size - chunk_n)
+                    step.append(Arrival(Chunk.model_construct(stream_id=f"m-{i}", headers=headers,
+                                                              samples=v[pos : pos + chunk_n], sample_rate=INPUT_RATE),
+                                        0, k, 0.0))
+                for result in framer.push_many(step):
+                    for w in result.windows:
+                        smoother = smoothers.setdefault(w.stream_id, GenreSmoother(spec.labels, 0.5, 10.0))
+                        smoother.update(probs, w.t_start, w.t_end)
+                        windows += 1
+        return windows
+
+    gc.collect()
+    rss0 = rss_bytes(os.getpid())
+    held_chunks = math.ceil(spec.window_s / chunk_s) + 1
+    started, cpu0 = time.perf_counter(), time.process_time()
+    windows = feed(range(streams), range(held_chunks))
+    gc.collect()
+    rss_held = rss_bytes(os.getpid())
+    windows += feed(range(min(active, streams)), range(held_chunks, held_chunks + round(ACTIVE_S / chunk_s)))
+    gc.collect()
+    rss_active = rss_bytes(os.getpid())
+    state = [s.state_bytes() for s in framer.streams.values()]
+    out.put({
+        "streams": streams, "active": active, "streams_held": len(framer.streams),
+        "windows": windows, "audio_s_per_stream": held_chunks * chunk_s,
+        "rss_before_mb": round(rss0 / 2**20, 1), "rss_held_mb": round(rss_held / 2**20, 1),
+        "rss_with_active_mb": round(rss_active / 2**20, 1),
+        "rss_bytes_per_stream": round((max(rss_held, rss_active) - rss0) / streams),
+        "state_bytes_per_stream": round(float(np.mean(state))) if state else 0,
+        "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu0, 1),
+    })
+
+
+def measure_memory(model_path: Path, streams: int, active: int, chunk_s: float = 0.5,
+                   verbose: bool = True) -> dict[str, Any]:
+    """:func:`memory_worker` in a fresh spawned process (its RSS is this measurement's alone)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    worker = ctx.Process(target=memory_worker, args=(str(model_path), streams, active, chunk_s, out))
+    worker.start()
+    result = out.get(timeout=3600)
+    worker.join()
     if verbose:
         print(f"  memory: {result}", flush=True)
     return result

@@ -88,9 +88,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 )
         for held in args.memory_streams:
             print(f"[{name}] memory, {held} streams held, {args.memory_active} active ...", flush=True)
-            with pinned_to(layout.other_cpus):
+            with pinned_to(layout.daemon_cpus):
                 r.setdefault("memory", []).append(
-                    measure_memory(path, E2EConfig(**{**base.__dict__, "streams": held}), args.memory_active)
+                    measure_memory(path, held, args.memory_active, args.chunk_s)
                 )
         if "e2e" in r or "backlog" in r:
             # The VM's speed drifts (up to ~30% within an hour on a shared host), so the ceiling is

@@ -73,11 +73,22 @@ class ContentStage:
         self._gain = band_gain(recipe)
         self.segmenters: dict[str, Segmenter] = {}
         self.down: dict[str, float] = {}  # stream -> stream time of its last audio
+        self._not_music_since: dict[str, float] = {}
 
     def classify(self, logmel: np.ndarray) -> ContentState:
         if self.model is None:
             return level_only_state(logmel, self.recipe, self._gain, self.settings.silence_dbfs)
         return self.model.classify(logmel, self.recipe)
+
+    def new_programme(self, stream_id: str, state: str, t_start: float) -> bool:
+        """True when this music window follows at least ``segment_min_s`` of non-music: the
+        genre smoothing should start afresh rather than carry the last song into the next one
+        across the talk or silence between them."""
+        if state != "music":
+            self._not_music_since.setdefault(stream_id, t_start)
+            return False
+        since = self._not_music_since.pop(stream_id, None)
+        return since is not None and t_start - since >= self.settings.segment_min_s
 
     def observe(self, stream_id: str, window: WindowState) -> tuple[list[bytes], list[bytes]]:
         """Fold a published window into its stream's segments; JSON of closed segments and alerts."""
@@ -148,5 +159,6 @@ class ContentStage:
                     self.metrics.dead_air_streams.dec()
                 out.extend((stream_id, value) for value in self._segments(segmenter.close()))
             self.down.pop(stream_id, None)
+            self._not_music_since.pop(stream_id, None)
         self.metrics.streams_down.set(len(self.down))
         return out

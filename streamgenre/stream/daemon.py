@@ -22,6 +22,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 
@@ -46,6 +47,10 @@ HOUSEKEEPING_INTERVAL_S = 2.0
 # partitions are paused and no record will end the wait, so the loop comes back sooner.
 POLL_TIMEOUT_MS = 250
 BACKPRESSURE_POLL_TIMEOUT_MS = 50
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start (a busy metrics port, say); the CLI prints it as one line, exit 2."""
 
 
 def limit_native_threads() -> None:
@@ -139,6 +144,9 @@ class Daemon:
     def startup(self) -> None:
         s = self.settings
         limit_native_threads()
+        # Each step below can take seconds on a cold machine; saying which one is running is
+        # what tells a user the daemon is starting rather than stuck.
+        log.info("loading model %s", s.model_path)
         self.model = GenreModel(s.model_path, threads=s.ort_threads)
         self.health.model_loaded = True
         self.metrics.model_info.labels(self.model.version).set(1)
@@ -146,12 +154,18 @@ class Daemon:
             self.catalog = Catalog.load(s.catalog_path)
         if self.catalog is not None:
             self.catalog.check_model(self.model)  # embeddings of another model live in another space
-        self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
+        try:
+            self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc.strerror or exc} "
+                               "(another daemon there? set STREAMGENRE_METRICS_PORT)") from exc
         self.kafka = KafkaSink(s)
         self.redis = RedisSink(s)
         self.health.redis_ok = self.redis.ping()
         self.pipeline = Pipeline(s, self.model, self.kafka, self.redis, self.metrics, self.catalog)
+        log.info("warming up the model (first inference)")
         self.pipeline.warm_up()
+        log.info("connecting to Kafka at %s and joining group %s", s.bootstrap_servers, s.group_id)
         self.source = self._connect_source()
         # Nearly everything allocated so far (libraries, model, warm-up caches) lives as long as
         # the process. Left in the collector's generations, every full collection walks all of
@@ -352,22 +366,21 @@ class Daemon:
 
     def _collect_committable(self) -> None:
         """Hand the poll thread the offsets whose outputs the broker has acknowledged."""
-        try:
-            offsets = self.pipeline.committable()
-        except SinkError as exc:
-            self.health.broker_ok = False
-            log.warning("outputs not acknowledged, not committing: %s", exc)
-            return
+        offsets = self._acknowledged(self.pipeline.committable)
         if offsets:
             with self._commit_lock:
                 self._to_commit.update(offsets)
 
     def _checkpoint(self) -> tuple[bool, dict[int, int]]:
         """Checkpoint and wait for the acks (barriers: rebalance and shutdown)."""
+        offsets = self._acknowledged(self.pipeline.checkpoint_and_flush)
+        return offsets is not None, offsets or {}
+
+    def _acknowledged(self, offsets_of: Callable[[], dict[int, int]]) -> dict[int, int] | None:
+        """The offsets ``offsets_of`` allows, or None when the outputs failed (commit nothing)."""
         try:
-            offsets = self.pipeline.checkpoint_and_flush()
+            return offsets_of()
         except SinkError as exc:
             self.health.broker_ok = False
             log.warning("outputs not acknowledged, not committing: %s", exc)
-            return False, {}
-        return True, offsets
+            return None

@@ -31,7 +31,14 @@ from typing import NamedTuple
 import numpy as np
 import soxr
 
-from streamgenre.model.features import FeatureRecipe, StreamingLogMel, compress, frames_to_mel, window_input
+from streamgenre.model.features import (
+    FeatureRecipe,
+    StreamingLogMel,
+    compress,
+    frames_to_mel,
+    log_mel,
+    window_input,
+)
 from streamgenre.stream.wire import BadInput, Chunk
 
 
@@ -48,6 +55,7 @@ class Window:
     completed_at: float
     chunk_ts_ms: int
     title: str | None = None
+    short: bool = False  # an ended stream's only window, off the grid (see StreamState.short_window)
 
 
 def grid_phase(stream_id: str, hop_samples: int, sample_rate: int) -> int:
@@ -84,7 +92,8 @@ class StreamState:
     Memory is bounded: the frame buffer holds ``n_frames + hop_frames`` mel frames (hop never
     exceeds the window), the feature
     front end fewer than ``n_fft`` samples, the resampler its filter state, and the offset
-    list one entry per chunk of the current window.
+    list one entry per chunk of the current window. Until its first window, a segment also keeps
+    its first ``window_samples`` of model-rate audio, for :meth:`short_window`.
     """
 
     def __init__(self, stream_id: str, partition: int, recipe: FeatureRecipe, hop_frames: int,
@@ -115,6 +124,9 @@ class StreamState:
         self._frames = np.zeros((recipe.n_mels, recipe.n_frames + hop_frames), np.float32)
         self._n_frames = 0  # valid frames in the buffer, the first belongs to window next_window
         self._chunk_starts: collections.deque[tuple[int, int]] = collections.deque()
+        self.windows_emitted = 0
+        self._head: list[np.ndarray] = []  # model-rate audio from the segment start, until a window is out
+        self._head_samples = 0
 
     def expected_ts_ms(self) -> float:
         return self.anchor_ms + 1000.0 * self.input_samples / self.input_rate
@@ -135,6 +147,10 @@ class StreamState:
         self.last_activity = received_at
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples, last=last)
+        if not self.windows_emitted and self._head_samples < self.recipe.window_samples:
+            kept = samples[: self.recipe.window_samples - self._head_samples].copy()
+            self._head.append(kept)
+            self._head_samples += kept.shape[0]
         if self._skip:
             dropped = min(self._skip, samples.shape[0])
             samples, self._skip = samples[dropped:], self._skip - dropped
@@ -176,7 +192,34 @@ class StreamState:
         self._frames[:, :keep] = self._frames[:, self._n_frames - keep : self._n_frames]
         self._n_frames = keep
         self.next_window += 1
+        self.windows_emitted += 1
+        self._head, self._head_samples = [], 0
         return window
+
+    def short_window(self, received_at: float, ts_ms: int, title: str | None = None) -> Window | None:
+        """The one window of an ended segment that completed none on the grid, else None.
+
+        An upload shorter than a window, or one whose audio ends before the window that starts
+        at its first grid point does (the grid's phase depends on the stream id), would get no
+        classification at all. Instead its audio from the segment start is classified: a window
+        aligned on the first sample when the audio is long enough, else the audio repeated to
+        fill one (repetition keeps the model's input music; zero padding would add silence the
+        model never saw in training). ``window_seq`` is that of the first grid window, which
+        never completed, so a replay gives the same key; ``t_end`` is where the audio ended.
+        """
+        if self.windows_emitted or not self._head_samples:
+            return None
+        recipe = self.recipe
+        audio = np.concatenate(self._head)
+        filled = np.resize(audio, recipe.window_samples)  # np.resize repeats the input to fill
+        start = self.anchor_sample
+        self.windows_emitted += 1
+        return Window(
+            stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
+            logmel=window_input(log_mel(filled, recipe), recipe),
+            t_start=start / recipe.sample_rate, t_end=(start + audio.shape[0]) / recipe.sample_rate,
+            completed_at=received_at, chunk_ts_ms=ts_ms, title=title, short=True,
+        )
 
     def _forget_consumed_chunks(self) -> None:
         next_start = self.window_start(self.next_window)
@@ -263,6 +306,8 @@ class Framer:
             start += frames.shape[0]
             result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts,
                                               arrival.chunk.headers.title)
+            if arrival.chunk.headers.eos:
+                self._add_short_window(state, result, arrival)
 
     def _frame_blocks(self, state: StreamState, result: PushResult, arrival: Arrival) -> None:
         """Frame a long container block by block (the resampler is told which block is last)."""
@@ -281,6 +326,16 @@ class Framer:
         except BadInput as exc:
             result.windows, result.bad_input = [], exc
             self.streams.pop(chunk.stream_id, None)
+            return
+        if chunk.headers.eos:
+            self._add_short_window(state, result, arrival)
+
+    @staticmethod
+    def _add_short_window(state: StreamState, result: PushResult, arrival: Arrival) -> None:
+        """At ``eos``: the stream's one window of its own audio if the grid gave it none."""
+        short = state.short_window(arrival.received_at, arrival.chunk.headers.ts, arrival.chunk.headers.title)
+        if short is not None:
+            result.windows.append(short)
 
     def _state_for(self, arrival: Arrival, result: PushResult) -> StreamState | None:
         """The state this chunk continues, a fresh one after a reset, or None for a duplicate."""
@@ -330,3 +385,20 @@ class Framer:
             if offset is not None:
                 needed[state.partition] = min(offset, needed.get(state.partition, offset))
         return needed
+
+
+def expected_windows(stream_id: str, ts_ms: int, n_input: int, input_rate: int, recipe: FeatureRecipe,
+                     hop_frames: int) -> int:
+    """How many windows a stream of ``n_input`` samples starting at ``ts_ms`` produces (one segment, eos).
+
+    The resampler's output length is rounded to the nearest sample, as soxr's streaming
+    resampler gives it once told the last chunk has come.
+    """
+    hop_samples = hop_frames * recipe.hop_length
+    rate = recipe.sample_rate
+    phase = grid_phase(stream_id, hop_samples, rate)
+    anchor = round(ts_ms * rate / 1000)
+    n_out = n_input if input_rate == rate else math.floor(n_input * rate / input_rate + 0.5)
+    first = math.ceil((anchor - phase) / hop_samples)
+    last = math.floor((anchor + n_out - recipe.window_samples - phase) / hop_samples)
+    return max(0, last - first + 1)

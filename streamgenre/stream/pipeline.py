@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +31,36 @@ from streamgenre.stream.wire import SCHEMA_VERSION, BadInput, GenreEvent, decode
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "internal_error"
+DEAD_LETTER_LOG_INTERVAL_S = 10.0
+
+
+class DeadLetterLog:
+    """One warning per dead letter, but at most one line per ``interval_s``.
+
+    A misconfigured producer (an empty key, say) dead-letters every chunk it sends; a line per
+    message would drown the log, no line at all left users guessing why nothing came out. The
+    suppressed ones are counted into the next line, and every one is in
+    ``streamgenre_dlq_messages_total{reason}`` anyway.
+    """
+
+    def __init__(self, interval_s: float = DEAD_LETTER_LOG_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._next_line = float("-inf")
+        self._suppressed = 0
+
+    def record(self, reason: str, where: str, detail: str) -> bool:
+        """Log this dead letter unless a line went out less than ``interval_s`` ago; True if logged."""
+        now = self._clock()
+        if now < self._next_line:
+            self._suppressed += 1
+            return False
+        since = f" (+{self._suppressed} more since the last such line)" if self._suppressed else ""
+        log.warning("dead letter %s at %s: %s%s", reason, where, detail[:200], since)
+        self._suppressed = 0
+        self._next_line = now + self.interval_s
+        return True
 
 
 class NeighbourIndex(Protocol):
@@ -91,6 +121,7 @@ class Pipeline:
         self._closed_segments: list[tuple[str, bytes]] = []
         self.live_neighbours: dict[str, _LiveNeighbours] = {}
         self.last_offset: dict[int, int] = {}
+        self.dead_letter_log = DeadLetterLog()
         # (output messages sent at the checkpoint, offsets it allows), oldest first.
         self._checkpoints: collections.deque[tuple[int, dict[int, int]]] = collections.deque()
 
@@ -151,6 +182,8 @@ class Pipeline:
                 if result.reset_reason == "seq_gap":
                     self.metrics.seq_gaps.inc()
             for window in result.windows:
+                if window.short:
+                    self.metrics.short_streams.inc()
                 self.batcher.add(window, now)
         for record in records:
             self.last_offset[record.partition] = record.offset
@@ -170,6 +203,7 @@ class Pipeline:
             value = value[: self.settings.max_message_bytes]
         self.kafka.send(OutMessage(self.settings.dlq_topic, record.key, value, headers))
         self.metrics.dlq_messages.labels(reason).inc()
+        self.dead_letter_log.record(reason, f"{record.topic}/{record.partition}/{record.offset}", detail)
 
     # -- inference and outputs ---------------------------------------------------------------
     def run_due_batches(self, flush: bool = False) -> None:
@@ -218,11 +252,12 @@ class Pipeline:
         contract; ``tests/test_e2e.py`` validates every published message against it.
         """
         labels = self.model.labels
+        content = self.content.classify(window.logmel)
+        new_programme = self.content.new_programme(window.stream_id, content.state, window.t_start)
         smoother = self.smoothers.get(window.stream_id)
-        if smoother is None:
+        if smoother is None or new_programme:
             smoother = GenreSmoother(labels, self.settings.ema_alpha, self.settings.change_min_s)
             self.smoothers[window.stream_id] = smoother
-        content = self.content.classify(window.logmel)
         # Genre only while music: speech and silence would drag the smoothed genre (a news
         # bulletin used to come out as "hiphop"), so they do not reach the smoother either.
         music = content.state == "music"
@@ -259,9 +294,8 @@ class Pipeline:
     def _segment(self, window: Window, state: str, state_probs: dict[str, float], genre: str | None,
                  genre_probs: dict[str, float]) -> None:
         """Feed the stream's segments; publish the segments and dead-air alerts that closes."""
-        title = getattr(window, "title", None)  # the chunk header `title`, when producers send one
         closed, alerts = self.content.observe(window.stream_id, WindowState(
-            window.t_start, window.t_end, state, state_probs, genre, genre_probs if genre else None, title))
+            window.t_start, window.t_end, state, state_probs, genre, genre_probs if genre else None, window.title))
         key = window.stream_id.encode()
         for value in closed:
             self.kafka.send(OutMessage(self.settings.segments_topic, key, value))

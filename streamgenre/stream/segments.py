@@ -1,12 +1,13 @@
 """Per-stream segments and dead air (pure, no I/O): window states in, closed segments and alerts out.
 
-A **segment** is a run of windows with one *label* — the content state, the genre while the
-state is music, and the now-playing title. Labels of single windows flicker (a 3-second jingle,
-a drum break that looks like speech), so a new label must hold for ``min_segment_s`` of stream
-time before the open segment closes; until then its windows are *pending*. If the old label
-comes back first, the pending windows are folded into the open segment, so a jingle shorter
-than ``min_segment_s`` never splits a song. When a challenger does hold, the open segment ends
-where the challenger's run began (the flicker before it stays with the old segment).
+A **segment** is a run of windows with one *label* — the content state, the now-playing title,
+and the genre while the state is music and no title is known (:attr:`WindowState.label`).
+Labels of single windows flicker (a 3-second jingle, a drum break that looks like speech), so
+a new label must hold for ``min_segment_s`` of stream time before the open segment closes;
+until then its windows are *pending*. If the old label comes back first, the pending windows
+are folded into the open segment, so a jingle shorter than ``min_segment_s`` never splits a
+song. When a challenger does hold, the open segment ends where the challenger's run began
+(the flicker before it stays with the old segment).
 
 **Dead air** is judged on the raw window states, not the segments: ``dead_air_s`` of
 consecutive silent windows opens an episode (one ``dead_air_start`` alert) and the first
@@ -15,12 +16,15 @@ audible window ends it (``dead_air_end`` with its duration). Hysteresis would on
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
+
+Label = tuple[str, str | None, str | None]
 
 
 @dataclass(frozen=True)
 class WindowState:
-    """What the segmenter needs of one published window."""
+    """What the segmenter needs of one published window (``genre`` is None unless music)."""
 
     t_start: float
     t_end: float
@@ -31,42 +35,61 @@ class WindowState:
     title: str | None
 
     @property
-    def label(self) -> tuple[str, str | None, str | None]:
-        return self.state, self.genre, self.title
+    def label(self) -> Label:
+        """State, title, and the genre only when there is no title: a title names the song, and
+        a genre flip inside one song (the model hearing a rock bridge in a jazz tune) is no new
+        segment; without titles the genre is all that tells two songs apart."""
+        return self.state, self.genre if self.title is None else None, self.title
 
 
 @dataclass
 class Segment:
-    """A run of windows with one label; ``end``/``end_ts`` move while it is open."""
+    """A run of windows with one label; ``end`` moves while it is open."""
 
     stream_id: str
     start: float
     end: float
-    state: str
-    genre: str | None
-    title: str | None
+    label: Label
     state_prob_sum: float = 0.0
-    genre_prob_sum: float = 0.0
+    genre_votes: collections.Counter[str] = field(default_factory=collections.Counter)
+    genre_prob_sums: collections.Counter[str] = field(default_factory=collections.Counter)
     windows: int = 0
+
+    @property
+    def state(self) -> str:
+        return self.label[0]
+
+    @property
+    def title(self) -> str | None:
+        return self.label[2]
+
+    @property
+    def genre(self) -> str | None:
+        """The label's genre, or with a title the genre most of its music windows had."""
+        if self.state != "music" or not self.genre_votes:
+            return None
+        return self.label[1] or self.genre_votes.most_common(1)[0][0]
 
     def add(self, window: WindowState) -> None:
         self.end = window.t_end
         # Confidence in *this segment's* label, also over the windows it absorbed from a
         # challenger that faded.
         self.state_prob_sum += window.state_probs.get(self.state, 0.0)
-        if self.genre is not None and window.genre_probs is not None:
-            self.genre_prob_sum += window.genre_probs.get(self.genre, 0.0)
+        if window.genre is not None and window.genre_probs is not None:
+            self.genre_votes[window.genre] += 1
+            self.genre_prob_sums.update(window.genre_probs)
         self.windows += 1
 
     def to_dict(self) -> dict[str, object]:
         """The ``genre.segments`` message (see :class:`streamgenre.stream.wire.SegmentMessage`)."""
-        n = max(1, self.windows)
+        genre = self.genre
+        music_windows = self.genre_votes.total()
         return {
             "stream_id": self.stream_id, "start": round(self.start, 4), "end": round(self.end, 4),
             "duration_s": round(self.end - self.start, 3),
-            "state": self.state, "genre": self.genre,
-            "confidence": round(self.state_prob_sum / n, 5),
-            "genre_confidence": round(self.genre_prob_sum / n, 5) if self.genre is not None else None,
+            "state": self.state, "genre": genre,
+            "confidence": round(self.state_prob_sum / max(1, self.windows), 5),
+            "genre_confidence": round(self.genre_prob_sums[genre] / music_windows, 5) if genre else None,
             "title": self.title, "windows": self.windows,
         }
 
@@ -110,7 +133,7 @@ class Segmenter:
         if self.current is None:
             self.current = self._open(window)
             return []
-        if window.label == (self.current.state, self.current.genre, self.current.title):
+        if window.label == self.current.label:
             for held in self.pending:  # the challenger faded: its windows were part of this segment
                 self.current.add(held)
             self.pending.clear()
@@ -134,15 +157,14 @@ class Segmenter:
             self.current.add(held)
         closed = self.current
         first = self.pending[run_start]
-        state, genre, title = winner
-        self.current = Segment(self.stream_id, first.t_start, first.t_end, state, genre, title)
+        self.current = Segment(self.stream_id, first.t_start, first.t_end, winner)
         for held in self.pending[run_start:]:
             self.current.add(held)
         self.pending.clear()
         return [closed]
 
     def _open(self, window: WindowState) -> Segment:
-        segment = Segment(self.stream_id, window.t_start, window.t_end, window.state, window.genre, window.title)
+        segment = Segment(self.stream_id, window.t_start, window.t_end, window.label)
         segment.add(window)
         return segment
 

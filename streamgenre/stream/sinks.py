@@ -191,15 +191,16 @@ class RedisSink:
     """Latest prediction and timeline per stream, written with one pipeline per batch.
 
     Keys: ``{prefix}:{stream_id}:latest`` (JSON string, TTL), ``{prefix}:{stream_id}:timeline``
-    (Redis Stream, field ``json``, ``MAXLEN ~``) and ``{prefix}:{stream_id}:segments`` (closed
-    segments: Redis Stream, field ``json``, ``MAXLEN ~``, expires ``redis_segments_ttl_s`` after
-    its last segment).
+    (Redis Stream, field ``json``, ``MAXLEN ~``, expiring ``redis_timeline_ttl_s`` after its last
+    write) and ``{prefix}:{stream_id}:segments`` (closed segments: Redis Stream, field ``json``,
+    ``MAXLEN ~``, expires ``redis_segments_ttl_s`` after its last segment).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.prefix = settings.redis_prefix
         self.ttl_s = settings.redis_latest_ttl_s
         self.maxlen = settings.redis_timeline_maxlen
+        self.timeline_ttl_s = settings.redis_timeline_ttl_s
         self.segments_maxlen = settings.redis_segments_maxlen
         self.segments_ttl_s = settings.redis_segments_ttl_s
         self.retry_s = settings.redis_retry_s
@@ -229,6 +230,10 @@ class RedisSink:
                 pipe = self.client.pipeline(transaction=False)
                 for stream_id, value in timeline:
                     pipe.xadd(self.key(stream_id, "timeline"), {"json": value}, maxlen=self.maxlen, approximate=True)
+                if self.timeline_ttl_s:
+                    # MAXLEN bounds a long stream; the TTL frees the timeline of one that ended.
+                    for stream_id in {stream_id for stream_id, _ in timeline}:
+                        pipe.expire(self.key(stream_id, "timeline"), self.timeline_ttl_s)
                 for stream_id, value in latest.items():
                     pipe.set(self.key(stream_id, "latest"), value, ex=self.ttl_s)
                 for stream_id, value in segments:

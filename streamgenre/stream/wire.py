@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +35,12 @@ MAX_TITLE_CHARS = 512
 PCM_TYPES = {"audio/pcm;format=s16le": np.dtype("<i2"), "audio/pcm;format=f32le": np.dtype("<f4")}
 CONTAINER_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg"}
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+# Stream ids become Kafka keys, Redis key parts ({prefix}:{stream_id}:latest), metric-free log
+# fields and file names in reports, so they are kept short and free of whitespace, control
+# characters and shell/glob specials. Producers (ingest) and the daemon share this one check.
+STREAM_ID_MAX_LENGTH = 128
+STREAM_ID_CHARACTERS = "A-Z a-z 0-9 . _ - : / @ +"
+_STREAM_ID = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{STREAM_ID_MAX_LENGTH}}}")
 
 
 class Reason(StrEnum):
@@ -137,11 +144,31 @@ def parse_headers(raw_headers: list[tuple[str, bytes]] | None) -> ChunkHeaders:
     return parsed
 
 
+def validate_stream_id(stream_id: str) -> str:
+    """Return ``stream_id`` if it is a valid stream id, else raise :class:`BadInput` (``bad_key``).
+
+    Valid: 1 to :data:`STREAM_ID_MAX_LENGTH` characters from :data:`STREAM_ID_CHARACTERS`
+    (docs/wire-format.md). The ``ingest`` CLI calls this before it connects, the daemon for
+    every message key, so a producer learns at once what the daemon would dead-letter.
+    """
+    if _STREAM_ID.fullmatch(stream_id):
+        return stream_id
+    if not stream_id:
+        raise BadInput(Reason.BAD_KEY, "stream id is empty")
+    if len(stream_id) > STREAM_ID_MAX_LENGTH:
+        raise BadInput(Reason.BAD_KEY, f"stream id is {len(stream_id)} characters long, the limit is "
+                                       f"{STREAM_ID_MAX_LENGTH}")
+    bad = next(c for c in stream_id if not _STREAM_ID.fullmatch(c))
+    raise BadInput(Reason.BAD_KEY, f"stream id contains {bad!r}; allowed characters: {STREAM_ID_CHARACTERS}")
+
+
 def parse_key(key: bytes | None) -> str:
     if not key:
         raise BadInput(Reason.BAD_KEY, "message key (stream id) is empty")
+    if len(key) > STREAM_ID_MAX_LENGTH:  # before decoding: a 100 KB key costs nothing to refuse
+        raise BadInput(Reason.BAD_KEY, f"message key is {len(key)} bytes long, the limit is {STREAM_ID_MAX_LENGTH}")
     try:
-        return key.decode("utf-8")
+        return validate_stream_id(key.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise BadInput(Reason.BAD_KEY, "message key is not valid UTF-8") from exc
 
