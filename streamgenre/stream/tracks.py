@@ -30,7 +30,7 @@ TRACK_STREAM_ID = "track"
 
 
 class TooShort(ValueError):
-    """The audio is shorter than one model window, so there is nothing to classify."""
+    """The file decodes to no audio at all, so there is nothing to classify."""
 
 
 class Neighbours(Protocol):
@@ -145,9 +145,8 @@ class TrackClassifier:
                  timeout_s: float = 300.0) -> dict[str, Any]:
         """Classify one decoded track; the JSON-ready result (see :func:`summarise`)."""
         windows = self.frame(first, more, rate)
-        if not windows:
-            window_s = self.model.recipe.window_samples / self.model.recipe.sample_rate
-            raise TooShort(f"audio shorter than one {window_s:.2f} s window")
+        if not windows:  # audio shorter than a window still gets one (the framer's short window)
+            raise TooShort("the file holds no audio")
         track = self._submit(windows)
         if not track.done.wait(timeout_s):
             raise TimeoutError("inference did not finish in time")
