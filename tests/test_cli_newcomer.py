@@ -95,7 +95,9 @@ def bad_inputs(tmp_path: Path) -> dict[str, str]:
 ])
 def test_ingest_of_an_input_without_audio_fails(broker: DevBroker, settings: Settings,
                                                 bad_inputs: dict[str, str], kind: str, reason: str) -> None:
-    result = streamgenre("ingest", bad_inputs[kind], "--stream-id", f"bad-{kind}", "--speed", "0",
+    # --speed is for files: a live URL is relayed as it arrives (and refused with the option).
+    speed = [] if kind in ("refused", "unresolvable") else ["--speed", "0"]
+    result = streamgenre("ingest", bad_inputs[kind], "--stream-id", f"bad-{kind}", *speed,
                          env=_env(settings), timeout=60)
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()

@@ -98,3 +98,26 @@ def test_tail_shows_state_and_title() -> None:
     assert "speech" in line and "0.93" in line and "News at six" in line
     music = format_prediction(base | {"genre": "jazz", "smoothed_genre": "jazz", "state": "music", "title": None})
     assert "jazz" in music and "0.60" in music and "News" not in music
+
+
+def test_a_batch_gets_the_states_each_window_gets_alone() -> None:
+    """The daemon classifies its micro-batch at once; silent and audible windows mixed."""
+    rng = np.random.default_rng(3)
+    y = np.concatenate([rng.normal(0, 0.1, 3 * 16000), np.zeros(4 * 16000), rng.normal(0, 0.05, 5 * 16000)])
+    y = (y * np.sin(np.linspace(0, 90, y.size)) ** 2).astype(np.float32)
+    batch = clip_windows(y, SHIPPED.recipe, 40)
+    model = ContentModel(SHIPPED_CONTENT_MODEL, silence_dbfs=-55.0)
+    together = model.classify_batch(batch, SHIPPED.recipe)
+    assert {s.state for s in together} >= {"silence"} and len({s.state for s in together}) > 1
+    for window, state in zip(batch, together, strict=True):
+        alone = model.classify(window, SHIPPED.recipe)
+        assert alone.state == state.state and alone.level_dbfs == state.level_dbfs
+        assert alone.probs == pytest.approx(state.probs, abs=1e-5)
+    np.testing.assert_allclose(np.stack([content_features(w, SHIPPED.recipe) for w in batch[:3]]),
+                               content_features_batch(batch[:3]), rtol=1e-5, atol=1e-5)
+
+
+def content_features_batch(batch: np.ndarray) -> np.ndarray:
+    from streamgenre.model.content import group_matrix, mel_power, statistics
+
+    return statistics(group_matrix(SHIPPED.recipe) @ mel_power(batch, SHIPPED.recipe), SHIPPED.recipe)

@@ -58,7 +58,7 @@ def test_time_range_selects_overlapping_entries(stored: Settings, tmp_path) -> N
 
 def test_cli_errors_are_one_line(stored: Settings, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("STREAMGENRE_REDIS_PREFIX", stored.redis_prefix)
-    assert main(["report", "--stream-id", "absent", "--out", str(tmp_path)]) == 1
+    assert main(["report", "--stream-id", "absent", "--out", str(tmp_path)]) == 2  # the CLI-wide bad-input code
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["report", "--stream-id", "r1", "--from", "2025-11-24T16:00:40", "--out", str(tmp_path)]) == 0
     assert parse_time("2025-11-24T16:00:40") == T0 + 40 and parse_time(str(T0)) == T0

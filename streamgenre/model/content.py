@@ -54,9 +54,10 @@ class ContentModelError(RuntimeError):
 
 
 def mel_power(logmel: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
-    """Invert normalisation and log of a model input ``(1, n_mels, n_frames)`` -> mel power ``(n_mels, n_frames)``."""
+    """Invert normalisation and log of model inputs: ``(1, n_mels, n_frames)`` -> mel power
+    ``(n_mels, n_frames)``, or a batch ``(N, 1, n_mels, n_frames)`` -> ``(N, n_mels, n_frames)``."""
     mean, std = recipe.normaliser
-    logged = logmel[0] * std + mean
+    logged = logmel[..., 0, :, :] * std + mean
     # exp(x ln 10) rather than 10**x: numpy's float32 exp has a SIMD loop, power does not.
     if recipe.log == "log10_1p":
         return np.maximum((np.exp(logged * _LN10) - 1.0) / np.float32(recipe.log_scale), 0.0)
@@ -75,16 +76,16 @@ def band_gain(recipe: FeatureRecipe) -> np.ndarray:
     return (2.0 / (recipe.n_fft * window_power) / np.maximum(peaks, 1e-12)).astype(np.float32)
 
 
-def level_of(weighted_power: np.ndarray) -> float:
+def level_of(weighted_power: np.ndarray) -> np.ndarray:
     """RMS level in dBFS (full-scale sine = -3.0, floored at -120) of band-gain weighted power
-    ``(bands, n_frames)`` (e.g. :func:`group_matrix` @ mel power)."""
-    mean_square = float(weighted_power.sum(axis=0).mean())
-    return max(-120.0, 10.0 * float(np.log10(max(mean_square, 1e-12))))
+    ``(..., bands, n_frames)`` (e.g. :func:`group_matrix` @ mel power); one value per leading index."""
+    mean_square = weighted_power.sum(axis=-2).mean(axis=-1)
+    return np.maximum(-120.0, 10.0 * np.log10(np.maximum(mean_square, 1e-12)))
 
 
 def window_level_dbfs(logmel: np.ndarray, recipe: FeatureRecipe) -> float:
     """RMS level of a model input ``(1, n_mels, n_frames)`` in dBFS (full-scale sine = -3.0)."""
-    return level_of(band_gain(recipe)[:, None] * mel_power(logmel, recipe))
+    return float(level_of(band_gain(recipe)[:, None] * mel_power(logmel, recipe)))
 
 
 def group_matrix(recipe: FeatureRecipe) -> np.ndarray:
@@ -116,32 +117,39 @@ def _std(x: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 
 def statistics(grouped_power: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
-    """:func:`content_features` from the grouped power ``(N_GROUPS, n_frames)`` (the daemon
-    shares that product with the level)."""
-    grouped_power = grouped_power.astype(np.float64)
-    db = 10.0 * np.log10(np.maximum(grouped_power, 1e-20))
-    db = np.maximum(db, db.max() - DYNAMIC_RANGE_DB)
-    db -= db.mean()  # level-free: only shape and movement are left
-    shape = db.mean(axis=1)
-    band_std = _std(db, axis=1)
-    steps = np.diff(db, axis=1)
-    band_flux = np.abs(steps).mean(axis=1)
-    flux = np.maximum(steps, 0.0).mean(axis=0)
-    total = grouped_power.sum(axis=0)
+    """:func:`content_features` from grouped power: ``(N_GROUPS, n_frames)`` -> ``(42,)``, or a
+    batch ``(N, N_GROUPS, n_frames)`` -> ``(N, 42)``.
+
+    One vectorised pass over a whole micro-batch: the arrays are small, so per-call overhead,
+    not arithmetic, is the cost, and a batch pays it once (the daemon classifies a batch at a time).
+    """
+    single = grouped_power.ndim == 2
+    g = grouped_power[None] if single else grouped_power
+    g = g.astype(np.float64)
+    db = 10.0 * np.log10(np.maximum(g, 1e-20))
+    db = np.maximum(db, db.max(axis=(1, 2), keepdims=True) - DYNAMIC_RANGE_DB)
+    db -= db.mean(axis=(1, 2), keepdims=True)  # level-free: only shape and movement are left
+    shape = db.mean(axis=2)
+    band_std = _std(db, axis=2)
+    steps = np.diff(db, axis=2)
+    band_flux = np.abs(steps).mean(axis=2)
+    flux = np.maximum(steps, 0.0).mean(axis=1)
+    total = g.sum(axis=1)
     energy = 10.0 * np.log10(np.maximum(total, 1e-20))
-    energy = np.maximum(energy, energy.max() - DYNAMIC_RANGE_DB)
+    energy = np.maximum(energy, energy.max(axis=1, keepdims=True) - DYNAMIC_RANGE_DB)
     # Speech alternates syllables and pauses at ~4 Hz; the share of the envelope's modulation
     # energy in 2-8 Hz separates it from most music, whose envelope is steadier or beat-driven.
     frame_rate = recipe.sample_rate / recipe.hop_length
-    spectrum = np.abs(np.fft.rfft(energy - energy.mean())) ** 2
-    freqs = np.fft.rfftfreq(energy.shape[0], 1.0 / frame_rate)
+    spectrum = np.abs(np.fft.rfft(energy - energy.mean(axis=1, keepdims=True), axis=1)) ** 2
+    freqs = np.fft.rfftfreq(energy.shape[1], 1.0 / frame_rate)
     in_band = (freqs >= SYLLABLE_BAND_HZ[0]) & (freqs <= SYLLABLE_BAND_HZ[1])
-    modulation = spectrum[in_band].sum() / max(spectrum[1:].sum(), 1e-12)
-    centre = np.arange(N_GROUPS, dtype=np.float32)
-    centroid = (centre @ grouped_power) / np.maximum(total, 1e-20)
-    extra = np.array([flux.mean(), _std(flux), _std(energy), np.mean(energy < energy.mean() - 10.0),
-                      modulation, _std(centroid)])
-    return np.concatenate([shape, band_std, band_flux, extra]).astype(np.float32)
+    modulation = spectrum[:, in_band].sum(axis=1) / np.maximum(spectrum[:, 1:].sum(axis=1), 1e-12)
+    centroid = np.einsum("g,ngt->nt", np.arange(N_GROUPS, dtype=np.float64), g) / np.maximum(total, 1e-20)
+    low_energy = (energy < energy.mean(axis=1, keepdims=True) - 10.0).mean(axis=1)
+    extra = np.stack([flux.mean(axis=1), _std(flux, axis=1), _std(energy, axis=1), low_energy, modulation,
+                      _std(centroid, axis=1)], axis=1)
+    features = np.concatenate([shape, band_std, band_flux, extra], axis=1).astype(np.float32)
+    return features[0] if single else features
 
 
 @dataclass(frozen=True)
@@ -204,24 +212,32 @@ class ContentModel:
         self._groups = group_matrix(recipe)
 
     def classify(self, logmel: np.ndarray, recipe: FeatureRecipe) -> ContentState:
+        """One model input ``(1, n_mels, n_frames)``."""
+        return self.classify_batch(logmel[None], recipe)[0]
+
+    def classify_batch(self, logmels: np.ndarray, recipe: FeatureRecipe) -> list[ContentState]:
+        """Model inputs ``(N, 1, n_mels, n_frames)`` (the genre model's micro-batch) -> N states."""
         if self._groups is None:
             self.check_recipe(recipe)
         assert self._groups is not None
-        grouped = self._groups @ mel_power(logmel, recipe)
-        level = level_of(grouped)
-        p_silence = 1.0 / (1.0 + np.exp((level - self.silence_dbfs) / (self.silence_ramp_db / 4.0)))
-        if p_silence > 0.999:  # nothing audible to classify; also skips the statistics' cost
-            sound = np.array([1 / 3, 1 / 3, 1 / 3])
-        else:
-            z = (statistics(grouped, recipe) - self.mean) / self.scale
+        grouped = self._groups @ mel_power(logmels, recipe)  # (N, N_GROUPS, n_frames)
+        levels = level_of(grouped)
+        p_silence = 1.0 / (1.0 + np.exp((levels - self.silence_dbfs) / (self.silence_ramp_db / 4.0)))
+        sound = np.full((len(levels), len(MODEL_CLASSES)), 1.0 / len(MODEL_CLASSES))
+        audible = p_silence <= 0.999  # nothing audible to classify in the others: skip their cost
+        if audible.any():
+            z = (statistics(grouped[audible], recipe) - self.mean) / self.scale
             for index, (weights, bias) in enumerate(self.layers):
                 z = z @ weights + bias
                 if index < len(self.layers) - 1:
                     z = np.maximum(z, 0.0)
-            logits = z
-            sound = np.exp(logits - logits.max())
-            sound /= sound.sum()
-        probs = dict(zip(MODEL_CLASSES, (sound * (1.0 - p_silence)).tolist(), strict=True))
-        probs["silence"] = float(p_silence)
-        state = "silence" if level < self.silence_dbfs else max(MODEL_CLASSES, key=probs.__getitem__)
-        return ContentState(state, {k: round(v, 5) for k, v in probs.items()}, round(level, 2))
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            sound[audible] = z / z.sum(axis=1, keepdims=True)
+        states = []
+        for level, silent_p, row in zip(levels.tolist(), p_silence.tolist(), sound * (1.0 - p_silence[:, None]),
+                                        strict=True):
+            probs = dict(zip(MODEL_CLASSES, row.tolist(), strict=True))
+            probs["silence"] = silent_p
+            state = "silence" if level < self.silence_dbfs else max(MODEL_CLASSES, key=probs.__getitem__)
+            states.append(ContentState(state, {k: round(v, 5) for k, v in probs.items()}, round(level, 2)))
+        return states
