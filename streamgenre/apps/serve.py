@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 import uvicorn
 
+from streamgenre.apps.errors import UsageError
 from streamgenre.config import Settings
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,16 @@ def build_server(settings: Settings, host: str | None = None, port: int | None =
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     server = build_server(settings, args.host, args.port)
     log.info("HTTP API on %s:%d (model %s)", server.config.host, server.config.port, settings.model_path.name)
-    server.run()
-    return 0 if server.started else 2
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found before:
+    # the default one would end a clean shutdown with 143 or a KeyboardInterrupt traceback. With
+    # these, a drained server exits 0, as the daemon does (docs/ARCHITECTURE.md, exit codes).
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda _sig, _frame: None)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits 3 when it cannot bind (the port taken, a bad address)
+        raise UsageError(f"cannot listen on {server.config.host}:{server.config.port} (see the log above)") from None
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
