@@ -6,9 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -255,12 +253,3 @@ def test_silence_is_classified_as_silence_without_a_genre(api: tuple[str, Settin
     assert body["genre"] is None and body["probabilities"] is None and body["states"] == {"silence": 1.0}
     assert all(w["state"] == "silence" and w["genre"] is None for w in body["timeline"])
 
-
-def test_serve_exits_2_with_one_line_when_the_port_is_taken(api: tuple[str, Settings], test_model: Path) -> None:
-    port = api[0].rsplit(":", 1)[1]
-    done = subprocess.run([sys.executable, "-m", "streamgenre", "serve", "--host", "127.0.0.1", "--port", port],
-                          env={**os.environ, "STREAMGENRE_MODEL_PATH": str(test_model)}, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == f"streamgenre serve: error: cannot listen on 127.0.0.1:{port} " \
-                                                    "(see the log above)"

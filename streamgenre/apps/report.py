@@ -88,7 +88,10 @@ def write_tables(segments: list[dict], out: Path) -> None:
 
 def plot(stream_id: str, segments: list[dict], windows: list[dict], settings: Settings, path: Path) -> None:
     """Three rows sharing the time axis: states + titles, genre probabilities, level."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ReportError("the PNG needs matplotlib: pip install 'streamgenre[report]'") from exc
 
     matplotlib.use("Agg")  # files only; never a display
     import matplotlib.pyplot as plt

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 
 import uvicorn
 
@@ -38,7 +39,19 @@ def build_server(settings: Settings, host: str | None = None, port: int | None =
     return uvicorn.Server(config)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """uvicorn reports a busy port as several log lines and exit 3; say it in one line, exit 2."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (set --port or "
+                             "STREAMGENRE_API_PORT)") from exc
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    _check_port_free(args.host or settings.api_host, args.port or settings.api_port)
     server = build_server(settings, args.host, args.port)
     log.info("HTTP API on %s:%d (model %s)", server.config.host, server.config.port, settings.model_path.name)
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found before:
@@ -48,7 +61,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(handled, lambda _sig, _frame: None)
     try:
         server.run()
-    except SystemExit:  # uvicorn exits 3 when it cannot bind (the port taken, a bad address)
+    except SystemExit:  # uvicorn exits 3 when it cannot bind: the port taken since _check_port_free
         raise UsageError(f"cannot listen on {server.config.host}:{server.config.port} (see the log above)") from None
     return 0
 

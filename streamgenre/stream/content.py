@@ -21,7 +21,7 @@ from streamgenre.model.content import (
     ContentModel,
     ContentModelError,
     ContentState,
-    band_gain,
+    group_matrix,
     level_of,
     mel_power,
 )
@@ -33,12 +33,15 @@ from streamgenre.stream.wire import StreamAlert, encode_json
 log = logging.getLogger(__name__)
 
 
-def level_only_state(logmel: np.ndarray, recipe: FeatureRecipe, gain: np.ndarray, silence_dbfs: float) -> ContentState:
+def level_only_states(logmels: np.ndarray, recipe: FeatureRecipe, groups: np.ndarray,
+                      silence_dbfs: float) -> list[ContentState]:
     """Without a content model: silence by level, every audible window music (the old assumption)."""
-    level = level_of(mel_power(logmel, recipe), gain)
-    silent = level < silence_dbfs
-    probs = {name: 0.0 for name in MODEL_CLASSES} | {"music": 0.0 if silent else 1.0, "silence": 1.0 if silent else 0.0}
-    return ContentState("silence" if silent else "music", probs, round(level, 2))
+    states = []
+    for level in level_of(groups @ mel_power(logmels, recipe)).tolist():
+        silent = level < silence_dbfs
+        probs = {name: 0.0 for name in MODEL_CLASSES} | {"music": 0.0 if silent else 1.0, "silence": float(silent)}
+        states.append(ContentState("silence" if silent else "music", probs, round(level, 2)))
+    return states
 
 
 class ContentStage:
@@ -70,15 +73,16 @@ class ContentStage:
                             "a content model fitted on this front end (training/content.py)", exc)
                 self.model = None
         metrics.content_model_loaded.set(0 if self.model is None else 1)
-        self._gain = band_gain(recipe)
+        self._groups = group_matrix(recipe)
         self.segmenters: dict[str, Segmenter] = {}
         self.down: dict[str, float] = {}  # stream -> stream time of its last audio
         self._not_music_since: dict[str, float] = {}
 
-    def classify(self, logmel: np.ndarray) -> ContentState:
+    def classify(self, logmels: np.ndarray) -> list[ContentState]:
+        """States of a micro-batch of model inputs ``(N, 1, n_mels, n_frames)``."""
         if self.model is None:
-            return level_only_state(logmel, self.recipe, self._gain, self.settings.silence_dbfs)
-        return self.model.classify(logmel, self.recipe)
+            return level_only_states(logmels, self.recipe, self._groups, self.settings.silence_dbfs)
+        return self.model.classify_batch(logmels, self.recipe)
 
     def new_programme(self, stream_id: str, state: str, t_start: float) -> bool:
         """True when this music window follows at least ``segment_min_s`` of non-music: the
