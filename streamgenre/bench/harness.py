@@ -226,14 +226,14 @@ def measure_baseline(model_path: Path, seconds: float = 5.0) -> dict[str, Any]:
     """Per window: resample (if needed) + ``librosa.feature.melspectrogram`` + LOG + batch-1 inference."""
     import librosa
 
-    from streamgenre.model.contract import GenreModel
+    from streamgenre.model.contract import GenreModel, time_calls
     from streamgenre.model.features import reference_window
     from streamgenre.stream.daemon import limit_native_threads
 
     limit_native_threads()  # a fair baseline: the same BLAS setting as ours
     model = GenreModel(model_path, threads=1)
     r = model.recipe
-    hop_s = model.spec.hop_frames * r.hop_length / r.sample_rate
+    hop_s = model.spec.hop_seconds
     in_len = int(np.ceil(r.window_samples * INPUT_RATE / r.sample_rate)) + 64
     y_in = voice(0)[:in_len]
 
@@ -246,19 +246,14 @@ def measure_baseline(model_path: Path, seconds: float = 5.0) -> dict[str, Any]:
         y = y[: r.window_samples]
         model.predict(reference_window(y, r)[None, None])
 
-    one()
-    n, started, cpu0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - started < seconds:
-        one()
-        n += 1
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    rate = time_calls(one, seconds)
     # A live stream needs one window per hop of audio: windows/s x hop_s = audio-seconds/s.
     return {
-        "windows": n,
-        "windows_per_s": round(n / wall, 1),
-        "windows_per_cpu_s": round(n / cpu, 1),
+        "windows": rate.calls,
+        "windows_per_s": round(rate.per_s(), 1),
+        "windows_per_cpu_s": round(rate.per_cpu_s(), 1),
         "hop_s": round(hop_s, 4),
-        "audio_s_per_s_per_core": round(n / cpu * hop_s, 1),
+        "audio_s_per_s_per_core": round(rate.per_cpu_s() * hop_s, 1),
     }
 
 
@@ -395,7 +390,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
     from streamgenre.model.contract import load_spec
 
     spec = load_spec(model_path)
-    hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
+    hop_s = spec.hop_seconds
     run, tmp, redis_ok = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-")), _redis_answers(cfg)
     with DevBroker(log_path=tmp / "tansu.log") as broker:
         settings = _run_settings(broker.bootstrap, run, model_path, cfg.partitions)
@@ -499,7 +494,7 @@ def measure_backlog(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> d
     from streamgenre.model.contract import load_spec
 
     spec = load_spec(model_path)
-    hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
+    hop_s = spec.hop_seconds
     run, tmp, redis_ok = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-")), _redis_answers(cfg)
     with DevBroker(log_path=tmp / "tansu.log") as broker:
         settings = _run_settings(broker.bootstrap, run, model_path, cfg.partitions)

@@ -76,11 +76,8 @@ class Pipeline:
         self.metrics = metrics
         self.catalog = catalog
         recipe = model.recipe
-        hop_frames = (
-            max(1, round(settings.hop_s * recipe.sample_rate / recipe.hop_length))
-            if settings.hop_s else model.spec.hop_frames
-        )
-        self.hop_s = hop_frames * recipe.hop_length / recipe.sample_rate
+        hop_frames = recipe.seconds_to_frames(settings.hop_s) if settings.hop_s else model.spec.hop_frames
+        self.hop_s = recipe.frames_to_seconds(hop_frames)
         self.framer = Framer(recipe, hop_frames, settings.max_gap_s, settings.max_streams)
         self.batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms)
         self.smoothers: dict[str, GenreSmoother] = {}
@@ -211,7 +208,8 @@ class Pipeline:
         prediction = {
             "schema_version": SCHEMA_VERSION, "stream_id": window.stream_id, "window_seq": window.window_seq,
             "t_start": round(window.t_start, 4), "t_end": round(window.t_end, 4), "ts": round(window.t_end * 1000),
-            "genre": labels[best], "confidence": round(float(probs[best]), 5), "probs": rounded_probs(labels, probs),
+            "genre": labels[best], "confidence": round(float(probs[best]), 5),
+            "uncertain": bool(probs[best] < self.settings.uncertain_below), "probs": rounded_probs(labels, probs),
             "smoothed_genre": smoother.smoothed_genre, "smoothed_probs": rounded_probs(labels, smoother.probs),
             "model_version": self.model.version,
             "latency_ms": round(1000 * (time.monotonic() - window.completed_at), 3),

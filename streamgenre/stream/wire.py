@@ -235,8 +235,12 @@ class Prediction(BaseModel):
     t_end: float = Field(description="window end, seconds of stream time")
     ts: int = Field(description="epoch ms of the window end (producer clock)")
     genre: str
-    confidence: float = Field(ge=0, le=1)
-    probs: dict[str, float]
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of `genre` (the top one): the "
+                              "model sidecar's temperature is applied, so among windows at confidence c about "
+                              "a share c is right on held-out data")
+    uncertain: bool = Field(False, description="confidence below the daemon's STREAMGENRE_UNCERTAIN_BELOW "
+                            "(default 0.5: more likely wrong than right); absent in messages of older daemons")
+    probs: dict[str, float] = Field(description="calibrated probability of every genre")
     smoothed_genre: str
     smoothed_probs: dict[str, float]
     model_version: str
