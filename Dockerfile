@@ -3,6 +3,7 @@
 #   docker build -t streamgenre:local .
 #   docker run --rm -e STREAMGENRE_BOOTSTRAP_SERVERS=kafka:9092 streamgenre:local        # = `streamgenre run`
 #   docker run --rm -v "$PWD/audio:/audio:ro" streamgenre:local ingest /audio/a.ogg --stream-id radio-1
+#   docker run --rm -p 8080:8080 streamgenre:local serve                                   # the HTTP API
 #
 # Two stages: the builder has a compiler for any dependency without a wheel for this platform;
 # the final image gets only the finished virtualenv, so no build tools ship.
@@ -30,6 +31,12 @@ COPY training/ training/
 RUN pip install .
 
 FROM ${PYTHON_IMAGE}
+# ffmpeg: `serve` and `classify` decode what libsndfile cannot (AAC/M4A, WMA, ...), `ingest` reads
+# http streams. Debian's security updates move its version: pinning would break the build.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ffmpeg \
+ && rm -rf /var/lib/apt/lists/*
 # A fixed numeric uid: Kubernetes' runAsNonRoot can only verify a numeric USER.
 RUN groupadd --system --gid 10001 streamgenre \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
@@ -45,10 +52,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     STREAMGENRE_MODEL_DIR=/app/model \
+    STREAMGENRE_CONTENT_MODEL_PATH=/app/model/content.json \
     NUMBA_CACHE_DIR=/tmp/numba-cache
 WORKDIR /app
 USER 10001:10001
-EXPOSE 9100
+# 9100: the daemon's /metrics and health; 8080: the HTTP API (`serve`).
+EXPOSE 9100 8080
 # /healthz answers 200 while the process is alive (readiness is /readyz, for orchestrators).
 # Python's urllib, so the image needs no curl; it raises (exit 1) on refusal or a non-2xx status.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \

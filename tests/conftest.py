@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -18,10 +19,25 @@ from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.config import Settings
 from streamgenre.stream.daemon import Daemon
 from streamgenre.stream.pipeline import NeighbourIndex
+from tests.faults_harness import RESULTS_ENV as RELIABILITY_RESULTS_ENV
 from tests.modelgen import make_test_model
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_under_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests write only under the temporary folder: figures go to the tracked results file only
+    when ``make reliability`` names it in STREAMGENRE_RELIABILITY_RESULTS."""
+    if RELIABILITY_RESULTS_ENV in os.environ:
+        yield
+        return
+    os.environ[RELIABILITY_RESULTS_ENV] = str(tmp_path_factory.mktemp("results") / "reliability.json")
+    try:
+        yield
+    finally:
+        del os.environ[RELIABILITY_RESULTS_ENV]
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +71,7 @@ def isolated_settings(bootstrap: str, model_path: Path, redis_prefix: str, **ove
     fields: dict[str, object] = {
         "bootstrap_servers": bootstrap, "group_id": f"g-{run}", "input_topic": f"in-{run}",
         "output_topic": f"out-{run}", "events_topic": f"ev-{run}", "dlq_topic": f"dlq-{run}",
+        "segments_topic": f"seg-{run}", "alerts_topic": f"alert-{run}",
         "redis_url": REDIS_URL, "redis_prefix": redis_prefix, "model_path": model_path,
         "metrics_host": "127.0.0.1", "metrics_port": free_port(),
     }

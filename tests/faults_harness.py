@@ -2,8 +2,9 @@
 
 The fault tests kill things (``kill -9`` a worker, stop Redis, restart the broker), so the
 pieces they kill run as real processes; everything is on 127.0.0.1 with free ports. Figures the
-tests measure are merged into ``benchmarks/results/reliability.json`` so ``docs/RELIABILITY.md``
-quotes a run, not a guess.
+tests measure are merged into the JSON file ``STREAMGENRE_RELIABILITY_RESULTS`` names — a file
+under pytest's temporary folder unless ``make reliability`` points it at the tracked
+``benchmarks/results/reliability.json``, which ``docs/RELIABILITY.md`` quotes (a run, not a guess).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from streamgenre.config import Settings
 from streamgenre.model.contract import load_spec
 from tests.audio import EncodedChunk, chunked_stream, expected_window_seqs, tone_mix
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "reliability.json"
+#: Where record_figures() merges the figures; tests/conftest.py sets it under pytest's temporary folder
+#: when it is unset, so a test run never rewrites the tracked results.
+RESULTS_ENV = "STREAMGENRE_RELIABILITY_RESULTS"
 START_MS = 1_760_000_000_000
 
 
@@ -49,16 +52,17 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, inter
 
 
 def record_figures(test: str, figures: dict[str, object], command: str) -> None:
-    """Merge one test's measured figures into the reliability results file."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    """Merge one test's measured figures into the reliability results file (``RESULTS_ENV``)."""
+    path = Path(os.environ[RESULTS_ENV])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(path.read_text()) if path.exists() else {}
     results[test] = {
         **figures,
         "command": command,
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
     }
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
 # -- streams and windows -------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Every generated message is bad by construction and knows the one :class:`Reason` the decoder
 must give it, so a fuzz run can check the dead-letter topic message by message. The limit on
-message size is :data:`MAX_BYTES` (the fuzz daemon is configured with it) so that oversized
-messages and decompression bombs stay small enough to produce thousands of them quickly.
+message size is :data:`MAX_BYTES` and on decoded audio :data:`MAX_DECODED_S` (the fuzz daemon is
+configured with both) so that oversized messages and decompression bombs stay small enough to
+produce thousands of them quickly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from streamgenre.stream.wire import CONTAINER_TYPES, PCM_TYPES, Reason, chunk_headers
 
 MAX_BYTES = 65536
+MAX_DECODED_S = 1.0
 KNOWN_HEADERS = {"content-type", "seq", "ts", "sample-rate", "channels", "eos"}
 
 
@@ -58,16 +60,29 @@ def wav_claiming(declared_bytes: int, carried: int) -> bytes:
     return header + b"\x01\x00" * (carried // 2)
 
 
-# Small files that decode to more than MAX_BYTES // 4 samples (the decoded-size limit).
+def flac_claiming(seconds: float, rate: int = 8000) -> bytes:
+    """A ~100-byte FLAC whose STREAMINFO declares ``seconds`` of audio: a real decompression bomb."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(rate // 10, np.float32), rate, format="FLAC")
+    data = bytearray(buffer.getvalue())
+    # "fLaC", a 4-byte block header, then STREAMINFO: the 64 bits at its byte 10 are sample rate
+    # (20), channels - 1 (3), bits per sample - 1 (5) and total samples (36, the low bits).
+    fields = int.from_bytes(data[18:26], "big")
+    data[18:26] = ((fields & ~((1 << 36) - 1)) | int(seconds * rate)).to_bytes(8, "big")
+    return bytes(data)
+
+
+# Small files that decode to more than MAX_DECODED_S of audio, and files that declare hours.
 BOMBS = [("audio/flac", _silence("FLAC", "PCM_16", s, c)) for s in (2, 30, 600) for c in (1, 2)] + [
     ("audio/ogg", _silence("OGG", "VORBIS", s, 1)) for s in (2, 30)
-]
+] + [("audio/flac", flac_claiming(hours * 3600)) for hours in (3, 100)]
 VALID_WAV = _wav(400, 2)
 
 seqs = st.integers(0, 2**31)
 timestamps = st.integers(0, 2**45)
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
-good_keys = text.filter(bool).map(str.encode)
+# Keys the daemon accepts (streamgenre.stream.wire.validate_stream_id); others are bad_key.
+good_keys = st.from_regex(r"[A-Za-z0-9._:/@+-]{1,40}", fullmatch=True).map(str.encode)
 extra_headers = st.lists(
     st.tuples(
         st.text("abcdefghijklmnopqrstuvwxyz-_.0123456789", min_size=1, max_size=12).filter(

@@ -17,7 +17,7 @@ from streamgenre.config import Settings
 from tests.audio import tone_mix
 from tests.conftest import read_topic
 
-COMMANDS = ["run", "broker", "ingest", "tail", "demo", "index", "similar"]
+COMMANDS = ["run", "broker", "ingest", "relay", "tail", "demo", "index", "similar"]
 
 
 def streamgenre(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -42,6 +42,19 @@ def test_bad_path_is_a_clear_error() -> None:
     assert result.returncode == 2 and "/nonexistent.wav: no such file" in result.stderr
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["similar", "x.wav", "--catalog", "c", "-k", "0"], "streamgenre similar: error: -k must be at least 1, got 0"),
+    (["similar", "/nonexistent.wav", "--catalog", "c"], "streamgenre similar: error: no such audio file"),
+    (["index", "/nonexistent", "--out", "{tmp}/c"], "streamgenre index: error: no such file or folder"),
+])
+def test_every_command_reports_user_errors_as_one_line_and_exit_2(argv: list[str], message: str,
+                                                                  tmp_path: Path) -> None:
+    result = streamgenre(*(a.format(tmp=tmp_path) for a in argv))
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.integration  # starts tansu: not in `make test-fast`
 def test_broker_command_prints_its_address() -> None:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "streamgenre.apps.cli", "broker", "--port", str(port)],

@@ -3,7 +3,8 @@
 * Every metric a Grafana panel or an alert queries exists on a live ``/metrics`` page.
 * The Helm values / ConfigMap and docker-compose use real ``Settings`` fields, cover every field,
   and route the secrets through Secret references.
-* promtool, helm, kubernetes-validate, docker-compose and hadolint validate the files.
+* promtool, helm, kubernetes-validate, docker-compose, hadolint and shellcheck validate the files
+  (here only: ``deploy/check.sh`` installs them and runs this file).
 
 The tool-driven tests skip when their tool is not installed; ``deploy/check.sh`` installs every
 tool and sets ``STREAMGENRE_DEPLOY_REQUIRE_TOOLS=1``, which turns those skips into failures.
@@ -49,6 +50,7 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 CHART_OVERRIDES = {
     "bootstrap_servers": "a loopback broker is meaningless in a cluster",
     "model_dir": "the image bakes the models at /app/model, not beside the source tree",
+    "content_model_path": "the image bakes the model at /app/model, not beside the source tree",
 }
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
                    "offset", "bool", "inf", "nan"}
@@ -263,9 +265,16 @@ def helm_template(*values: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(run(*args)) if doc]
 
 
-def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def is_api(doc: dict[str, Any]) -> bool:
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "api"
+
+
+def by_kind(docs: list[dict[str, Any]], api: bool = False) -> dict[str, dict[str, Any]]:
+    """The daemon's objects by kind (or, with ``api``, the HTTP API's: templates/api-*.yaml)."""
     kinds: dict[str, dict[str, Any]] = {}
     for doc in docs:
+        if is_api(doc) != api:
+            continue
         assert doc["kind"] not in kinds, f"two {doc['kind']} objects"
         kinds[doc["kind"]] = doc
     return kinds
@@ -343,6 +352,38 @@ def test_helm_default_render(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "replicas" not in kinds["Deployment"]["spec"], "the HPA owns the replica count"
 
 
+def test_helm_api_deployment_and_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API runs `serve` on config.api_port, shares the ConfigMap and Secret, and its pods are
+    selected by its own Service only (never by the daemon's Service, PDB or HPA)."""
+    docs = helm_template()
+    daemon, api = by_kind(docs), by_kind(docs, api=True)
+    assert set(api) == {"Deployment", "Service"}
+    settings = settings_from_env(daemon["ConfigMap"]["data"], monkeypatch)
+    pod = api["Deployment"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["serve"]
+    assert container["ports"] == [{"name": "http", "containerPort": settings.api_port, "protocol": "TCP"}]
+    assert container["envFrom"] == [{"configMapRef": {"name": daemon["ConfigMap"]["metadata"]["name"]}}]
+    assert {e["name"] for e in container["env"]} == {"STREAMGENRE_REDIS_URL"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    labels = pod["metadata"]["labels"]
+    for selector in (daemon["Service"]["spec"]["selector"],
+                     daemon["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+                     daemon["Deployment"]["spec"]["selector"]["matchLabels"]):
+        assert not selector.items() <= labels.items(), "a daemon selector picks up the API's pods"
+    assert api["Service"]["spec"]["selector"].items() <= labels.items()
+    assert api["Service"]["spec"]["ports"][0]["port"] == settings.api_port
+    assert by_kind(helm_template_set("api.enabled=false"), api=True) == {}
+
+
+def helm_template_set(*assignments: str) -> list[dict[str, Any]]:
+    args = [helm(), "template", "release", str(CHART)]
+    for assignment in assignments:
+        args += ["--set", assignment]
+    return [doc for doc in yaml.safe_load_all(run(*args)) if doc]
+
+
 def test_helm_full_render_uses_existing_secrets() -> None:
     kinds = by_kind(helm_template(FULL_VALUES))
     assert "Secret" not in kinds, "with existingSecret everywhere the chart must not create a Secret"
@@ -396,7 +437,14 @@ def test_compose_env_names_are_settings(monkeypatch: pytest.MonkeyPatch) -> None
         assert not unknown, f"service {name} sets unknown settings {sorted(unknown)}"
     daemon = services["streamgenre"]
     assert daemon["deploy"]["replicas"] == 2
+    # The HTTP API: `serve` on its port, published on the host, talking to the same Kafka and Redis.
+    api = services["api"]
+    api_settings = settings_from_env(api["environment"], monkeypatch)
+    assert api["command"] == ["serve"]
+    assert api["ports"] == [f"{api_settings.api_port}:{api_settings.api_port}"]
+    assert str(api_settings.api_port) in " ".join(api["healthcheck"]["test"])
     settings = settings_from_env(daemon["environment"], monkeypatch)
+    assert (api_settings.bootstrap_servers, api_settings.redis_url) == (settings.bootstrap_servers, settings.redis_url)
     # Prometheus scrapes the port the daemon listens on.
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "streamgenre")
@@ -443,3 +491,7 @@ def test_dockerfile_shape() -> None:
 
 def test_hadolint() -> None:
     run(find_tool("hadolint"), str(ROOT / "Dockerfile"))
+
+
+def test_shellcheck() -> None:
+    run(find_tool("shellcheck"), str(DEPLOY / "check.sh"))

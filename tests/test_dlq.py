@@ -19,7 +19,7 @@ from streamgenre.apps.devbroker import DevBroker, ensure_topics
 from streamgenre.stream.wire import Reason, chunk_headers
 from tests.conftest import isolated_settings, running_daemon
 from tests.faults_harness import TopicReader, make_streams, wait_all_windows
-from tests.faults_hostile import BOMBS, MAX_BYTES, wav_claiming
+from tests.faults_hostile import MAX_BYTES, flac_claiming, wav_claiming
 
 pytestmark = pytest.mark.fault
 
@@ -30,6 +30,9 @@ CASES: dict[str, tuple[Reason, bytes | None, bytes, list[tuple[str, bytes]]]] = 
     # Larger than the producer accepts (max_message_bytes + 64 KiB): forwarded cut, not whole.
     "oversized_beyond_producer_limit": (Reason.OVERSIZED, b"s", b"\x01" * (2 * MAX_BYTES + 70_000), PCM16),
     "bad_key": (Reason.BAD_KEY, b"\xff\xferadio", b"\x00\x00", PCM16),
+    # What `ingest --stream-id ""` or a 100,000-character id used to publish (issue 17.3).
+    "empty_key": (Reason.BAD_KEY, b"", b"\x00\x00", PCM16),
+    "overlong_key": (Reason.BAD_KEY, b"x" * 100_000, b"\x00\x00", PCM16),
     "missing_header": (Reason.MISSING_HEADER, b"s", b"\x00\x00", [h for h in PCM16 if h[0] != "ts"]),
     "invalid_header": (
         Reason.INVALID_HEADER,
@@ -62,11 +65,12 @@ CASES: dict[str, tuple[Reason, bytes | None, bytes, list[tuple[str, bytes]]]] = 
         wav_claiming(2**30, 64),
         chunk_headers("audio/wav", 0, 1_000),
     ),
+    # ~100 bytes declaring three hours, against the default limit (20 minutes of audio).
     "decompression_bomb": (
         Reason.DECOMPRESSION_BOMB,
         b"s",
-        BOMBS[0][1],
-        chunk_headers(BOMBS[0][0], 0, 1_000),
+        flac_claiming(3 * 3600),
+        chunk_headers("audio/flac", 0, 1_000),
     ),
 }
 
@@ -81,6 +85,11 @@ def dead_letters(broker: DevBroker, test_model: Path) -> Iterator[tuple[dict[str
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=1 << 24)
     dlq = TopicReader(broker.bootstrap, settings.dlq_topic)
     out = TopicReader(broker.bootstrap, settings.output_topic)
+
+    def send_case(case: str) -> None:
+        _, key, value, headers = CASES[case]
+        producer.send(settings.input_topic, key=key, value=value, headers=[*headers, ("case", case.encode())])
+
     try:
         with running_daemon(settings) as daemon:
             for index, chunk in enumerate(good[0].chunks):
@@ -91,14 +100,9 @@ def dead_letters(broker: DevBroker, test_model: Path) -> Iterator[tuple[dict[str
                     headers=chunk.headers,
                 )
                 if index < len(CASES):
-                    case = list(CASES)[index]
-                    _, key, value, headers = CASES[case]
-                    producer.send(
-                        settings.input_topic,
-                        key=key,
-                        value=value,
-                        headers=[*headers, ("case", case.encode())],
-                    )
+                    send_case(list(CASES)[index])
+            for case in list(CASES)[len(good[0].chunks):]:  # more cases than the good stream has chunks
+                send_case(case)
             producer.flush(30)
             messages = dlq.until(lambda m: len(m) >= len(CASES), 60, "one DLQ message per case")
             wait_all_windows(out, good, 60, "the good stream's windows")

@@ -11,15 +11,16 @@ import jsonschema
 import numpy as np
 import pytest
 import redis
+import soundfile as sf
 from kafka import KafkaProducer
 
 from streamgenre.apps.tail import follow
 from streamgenre.config import Settings
 from streamgenre.model.contract import load_spec
 from streamgenre.stream.framing import grid_phase
-from streamgenre.stream.wire import SCHEMA_DIR
+from streamgenre.stream.wire import SCHEMA_DIR, chunk_headers
 from tests.audio import chunked_stream, expected_window_seqs, tone_mix
-from tests.conftest import REDIS_URL, predictions, read_topic, running_daemon
+from tests.conftest import REDIS_URL, SHARED, predictions, read_topic, running_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +125,30 @@ def test_genre_events_follow_smoothed_changes(settings: Settings) -> None:
         jsonschema.validate(event, schema)
         stream = [m for m in messages if m["stream_id"] == event["stream_id"]]
         assert event["to"] in {m["smoothed_genre"] for m in stream}
+
+
+def test_whole_song_in_one_message_is_classified(settings: Settings, test_model: Path) -> None:
+    """An upload platform's case: a 61 s stereo 44.1 kHz Ogg (1.45 MB) as one audio/ogg + eos message.
+
+    It used to be dead-lettered as a decompression bomb (the limit was max_message_bytes / 4
+    decoded samples); now decoded audio is bounded by duration and decoded block by block.
+    """
+    song = SHARED / "data" / "examples" / "macleod_vibe_ace.ogg"
+    if not song.is_file():
+        pytest.skip(f"{song} is absent (shared data not mounted)")
+    spec = load_spec(test_model)
+    info = sf.info(str(song))
+    assert info.duration > 60 and info.channels == 2 and info.samplerate == 44100
+    stream_id, start_ms = "upload-macleod", 1_760_000_000_000
+    expected = expected_window_seqs(stream_id, start_ms, info.frames, info.samplerate, spec.recipe.sample_rate,
+                                    spec.hop_frames * spec.recipe.hop_length, spec.recipe.window_samples)
+    with running_daemon(settings) as daemon:
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=1 << 24)
+        producer.send(settings.input_topic, key=stream_id.encode(), value=song.read_bytes(),
+                      headers=chunk_headers("audio/ogg", 0, start_ms, eos=True))
+        producer.flush()
+        producer.close()
+        messages = predictions(read_topic(settings.bootstrap_servers, settings.output_topic, len(expected)))
+        assert daemon.metrics.dlq_messages._metrics == {}, "the song must not be dead-lettered"
+    assert [m["window_seq"] for m in messages] == expected
+    assert {m["stream_id"] for m in messages} == {stream_id}

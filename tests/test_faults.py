@@ -3,8 +3,9 @@
 Each test breaks one thing (SIGKILL a worker, kill a group member, stop Redis, restart the
 broker, start without a broker, SIGTERM, a slow model) while synthetic streams flow, then checks
 that every expected window of every stream was published at least once. Figures go to
-``benchmarks/results/reliability.json`` (see :func:`tests.faults_harness.record_figures`).
-Run them alone with ``make test-faults`` (``pytest -m fault``).
+``benchmarks/results/reliability.json`` with ``make reliability``, else under pytest's temporary
+folder (see :func:`tests.faults_harness.record_figures`). Run them alone with ``make test-faults``
+(``pytest -m fault``).
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ from tests.faults_harness import (
     wait_for,
     window_counts,
 )
-from tests.faults_hostile import MAX_BYTES, generate
+from tests.faults_hostile import MAX_BYTES, MAX_DECODED_S, generate
 
 pytestmark = pytest.mark.fault
 
-COMMAND = "make test-faults  # = .venv/bin/python -m pytest -q -m fault"
+COMMAND = "make reliability  # = STREAMGENRE_RELIABILITY_RESULTS=benchmarks/results/reliability.json pytest -q -m fault"
 
 
 def _committed(settings: Settings) -> dict[int, int | None]:
@@ -399,7 +400,7 @@ def test_broker_down_at_startup_retries_then_consumes(
 def test_ten_thousand_hostile_messages_all_dead_lettered(settings: Settings, test_model: Path) -> None:
     """10,000 hypothesis-generated bad messages among good streams: all in the DLQ, every window out."""
     hostile = generate(10_000)
-    settings = settings.model_copy(update={"max_message_bytes": MAX_BYTES})
+    settings = settings.model_copy(update={"max_message_bytes": MAX_BYTES, "max_decoded_s": MAX_DECODED_S})
     good = make_streams(test_model, 6, 4.0, prefix="fuzzgood", seed=6, rates=(16000, 8000), max_channels=1)
     good_chunks = [(s.stream_id, c) for s in good for c in s.chunks]
     good_chunks.sort(key=lambda sc: int(dict(sc[1].headers)["seq"].decode()))  # streams interleaved, in order

@@ -25,14 +25,14 @@ def test_latest_carries_catalogue_neighbours(settings: Settings, test_model: Pat
     for i in range(4):
         sf.write(tmp_path / f"track{i}.wav", tone_mix(3.0, 16000, 1, seed=100 + i), 16000)
     build_catalog([tmp_path], GenreModel(test_model), tmp_path / "catalog", progress=False)
-    catalog = Catalog.load(tmp_path / "catalog")
-    settings = settings.model_copy(update={"neighbours_k": 3})
+    # Through the setting, as `streamgenre run` and `demo` load it.
+    settings = settings.model_copy(update={"neighbours_k": 3, "catalog_path": tmp_path / "catalog"})
 
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     for chunk in chunked_stream(tone_mix(3.0, 16000, 1, seed=101), 16000, "s16le", 0, [4000]):
         producer.send(settings.input_topic, key=b"live", value=chunk.value, headers=chunk.headers)
     producer.flush()
-    with running_daemon(settings, catalog=catalog):
+    with running_daemon(settings):
         read_topic(settings.bootstrap_servers, settings.output_topic, expected=2)
     latest = json.loads(redis.Redis.from_url(REDIS_URL).get(f"{settings.redis_prefix}:live:latest"))
     neighbours = latest["neighbours"]

@@ -6,7 +6,6 @@ the last tests re-check the reported figures when the shared GTZAN data are pres
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streamgenre.apps import catalog as catalog_cli
+from streamgenre.apps.cli import main
 from streamgenre.model import similarity
 from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import clip_windows
@@ -77,18 +76,11 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "files": files, "model": model_path, "catalog": catalog_dir, "index_stderr": err}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamgenre")
-    catalog_cli.register(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def _run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """Run a subcommand through the real parser; return (exit code, stdout, stderr)."""
-    args = _parser().parse_args(argv)
+    """Run a subcommand through the real command line; return (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = args.handler(args)
+        rc = main(argv)
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -156,37 +148,35 @@ def test_same_genre_tracks_are_nearest(library: dict) -> None:
 def test_cli_errors(library: dict, tmp_path: Path) -> None:
     query, model = str(library["files"][0]), str(library["model"])
     rc, _, err = _run_cli(["similar", query, "--catalog", str(tmp_path / "nope"), "--model", model])
-    assert rc == 1 and "catalogue not found" in err
+    assert rc == 2 and "catalogue not found" in err
     rc, _, err = _run_cli(["similar", str(tmp_path / "missing.wav"), "--catalog", str(library["catalog"]),
                            "--model", model])
-    assert rc == 1 and "no such audio file" in err
+    assert rc == 2 and "no such audio file" in err
     other = make_test_model(tmp_path / "other", seed=1)
     rc, _, err = _run_cli(["similar", query, "--catalog", str(library["catalog"]), "--model", str(other)])
-    assert rc == 1 and "model mismatch" in err and "test-0" in err
+    assert rc == 2 and "model mismatch" in err and "test-0" in err
     rc, _, err = _run_cli(["index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c"), "--model", model,
                            "--no-progress"])
-    assert rc == 1 and "no such file or folder" in err
+    assert rc == 2 and "no such file or folder" in err
     (tmp_path / "empty").mkdir()
     rc, _, err = _run_cli(["index", str(tmp_path / "empty"), "--out", str(tmp_path / "c"), "--model", model,
                            "--no-progress"])
-    assert rc == 1 and "no audio files" in err
+    assert rc == 2 and "no audio files" in err
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("embeddings.npy", "tracks.json", "catalog.json"):
         (broken / name).write_bytes((library["catalog"] / name).read_bytes())
     (broken / "tracks.json").write_text("[]")
     rc, _, err = _run_cli(["similar", query, "--catalog", str(broken), "--model", model])
-    assert rc == 1 and "tracks.json has 0" in err
+    assert rc == 2 and "tracks.json has 0" in err
 
 
 def test_subcommands_through_the_main_cli(library: dict, capsys: pytest.CaptureFixture) -> None:
-    from streamgenre.apps.cli import main
-
     query = library["files"][3]
     rc = main(["similar", str(query), "--catalog", str(library["catalog"]), "--model", str(library["model"]),
                "--json", "-k", "2"])
     assert rc == 0 and json.loads(capsys.readouterr().out)[0]["path"] == str(query)
-    assert main(["similar", str(query), "--catalog", str(library["root"] / "none")]) == 1
+    assert main(["similar", str(query), "--catalog", str(library["root"] / "none")]) == 2
     assert "catalogue not found" in capsys.readouterr().err
 
 
@@ -302,7 +292,7 @@ def test_max_windows_bounds_work_and_queries_follow_the_catalogue(library: dict,
 
 def test_ann_missing_falls_back_to_exact(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
                                          ) -> None:
-    monkeypatch.setattr(similarity, "_load_faiss", lambda: None)
+    monkeypatch.setattr(similarity.index, "load_faiss", lambda: None)
     base = _clustered(500, 16, seed=2)
     catalog = _catalog(base, threshold=100)
     with caplog.at_level(logging.WARNING, logger="streamgenre.model.similarity"):

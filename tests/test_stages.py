@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import logging
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from streamgenre.stream.batching import MicroBatcher
 from streamgenre.stream.framing import Arrival, Framer
 from streamgenre.stream.metrics import GcPauses, Metrics
+from streamgenre.stream.pipeline import DeadLetterLog
 from streamgenre.stream.smoothing import GenreSmoother
 from streamgenre.stream.wire import Chunk, ChunkHeaders
 from tests.modelgen import TEST_RECIPE
@@ -19,9 +22,11 @@ HOP_FRAMES = TEST_RECIPE.n_frames // 2
 HOP = HOP_FRAMES * TEST_RECIPE.hop_length
 
 
-def chunk(stream: str, seq: int, ts: int, seconds: float = 0.5, rate: int = RATE, eos: bool = False) -> Chunk:
+def chunk(stream: str, seq: int, ts: int, seconds: float = 0.5, rate: int = RATE, eos: bool = False,
+          title: str | None = None) -> Chunk:
     samples = np.random.default_rng(seq).normal(0, 0.1, int(seconds * rate)).astype(np.float32)
-    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=seq, ts=ts, eos=eos)
+    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=seq, ts=ts, eos=eos,
+                           title=title)
     return Chunk(stream_id=stream, headers=headers, samples=samples, sample_rate=rate)
 
 
@@ -65,6 +70,15 @@ def test_seq_gap_and_time_jump_reset_the_window() -> None:
     assert framer.push(chunk("a", 4, 9000), 0, 3, 0.0).reset_reason == "time_jump"
     assert framer.push(chunk("a", 5, 9500, rate=22050), 0, 4, 0.0).reset_reason == "format"
     assert framer.push(chunk("a", 5, 9500, rate=22050), 0, 5, 0.0).duplicate
+
+
+def test_window_carries_the_title_of_the_chunk_that_completes_it() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    titles = ["Song A"] * 8 + [None] * 2 + ["Song B"] * 8
+    results = feed(framer, [chunk("a", seq, 500 * seq, title=title) for seq, title in enumerate(titles)])
+    seen = [(title, window.title) for title, result in zip(titles, results, strict=True) for window in result.windows]
+    assert seen and all(chunk_title == window_title for chunk_title, window_title in seen)
+    assert {"Song A", None, "Song B"} <= {window_title for _, window_title in seen}
 
 
 def test_push_many_equals_pushing_one_by_one() -> None:
@@ -174,3 +188,86 @@ def test_gc_pauses_are_timed_by_generation_until_closed() -> None:
     assert timed is not None and timed >= 1
     gc.collect()
     assert full_collections() == timed
+
+
+def test_dead_letters_are_logged_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    dead_letters = DeadLetterLog(interval_s=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="streamgenre.stream.pipeline"):
+        logged = [dead_letters.record("bad_key", f"in/0/{i}", "stream id is empty") for i in range(5)]
+        now[0] += 10.0
+        logged.append(dead_letters.record("bad_key", "in/0/5", "stream id is empty"))
+    assert logged == [True, False, False, False, False, True]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["dead letter bad_key at in/0/0: stream id is empty",
+                     "dead letter bad_key at in/0/5: stream id is empty (+4 more since the last such line)"]
+
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 1.5])
+def test_an_ended_stream_too_short_for_the_grid_gets_exactly_one_window(seconds: float) -> None:
+    """Issue 17.4: whether a short upload got a window depended on its id's grid phase."""
+    window_s = TEST_RECIPE.window_samples / RATE
+    for index in range(20):  # different ids, different phases
+        stream = f"upload-{index}"
+        pieces = round(seconds / 0.1)
+        chunks = [chunk(stream, seq, 10_000_000 + 100 * seq, seconds=0.1, eos=seq == pieces - 1)
+                  for seq in range(pieces)]
+        windows = [w for r in feed(Framer(TEST_RECIPE, HOP_FRAMES), chunks) for w in r.windows]
+        assert len(windows) >= 1, f"{stream}: {seconds} s upload got no window"
+        if seconds < window_s:
+            assert len(windows) == 1 and windows[0].short
+            only = windows[0]
+            assert only.logmel.shape == (1, TEST_RECIPE.n_mels, TEST_RECIPE.n_frames)
+            assert only.t_start == pytest.approx(10_000.0) and only.t_end == pytest.approx(10_000.0 + seconds, abs=1e-3)
+        else:
+            assert sum(w.short for w in windows) <= 1
+
+
+def test_a_stream_with_a_grid_window_gets_no_extra_short_one() -> None:
+    chunks = [chunk("long", seq, 10_000_000 + 500 * seq, eos=seq == 9) for seq in range(10)]
+    windows = [w for r in feed(Framer(TEST_RECIPE, HOP_FRAMES), chunks) for w in r.windows]
+    assert windows and not any(w.short for w in windows)
+
+
+def test_a_live_stream_keeps_no_head_audio_after_its_first_window() -> None:
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    feed(framer, [chunk("live", seq, 10_000_000 + 500 * seq) for seq in range(10)])
+    assert framer.streams["live"].windows_emitted and not framer.streams["live"]._head
+
+
+def test_long_container_is_framed_block_by_block_like_one_array() -> None:
+    """A whole upload in one message (``Chunk.more``) gives the windows of the same audio sent at once."""
+    rate = 22050  # resampled: the soxr stream must carry its state across the blocks
+    audio = np.random.default_rng(7).normal(0, 0.1, int(25 * rate)).astype(np.float32)
+    headers = ChunkHeaders(content_type="audio/ogg", seq=0, ts=5_000, eos=True)
+    whole = Chunk(stream_id="up", headers=headers, samples=audio, sample_rate=rate)
+    block = 10 * rate
+    blocks = iter([audio[block : 2 * block], audio[2 * block :]])
+    split = Chunk.model_construct(stream_id="up", headers=headers, samples=audio[:block], sample_rate=rate,
+                                  more=blocks)
+    expected = Framer(TEST_RECIPE, HOP_FRAMES).push(whole, 0, 0, 0.0).windows
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    got = framer.push(split, 0, 0, 0.0).windows
+    assert [w.window_seq for w in got] == [w.window_seq for w in expected] and len(got) > 10
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a.logmel, b.logmel, atol=1e-3)
+    assert "up" not in framer.streams  # eos closed it
+
+
+def test_long_container_that_fails_midway_gives_no_windows() -> None:
+    from streamgenre.stream.wire import BadInput, Reason
+
+    def failing() -> Iterator[np.ndarray]:
+        yield np.zeros(RATE * 10, np.float32)
+        raise BadInput(Reason.CORRUPT_CONTAINER, "broken block")
+
+    headers = ChunkHeaders(content_type="audio/flac", seq=0, ts=0)
+    bad = Chunk.model_construct(stream_id="up", headers=headers, samples=np.zeros(RATE * 10, np.float32),
+                                sample_rate=RATE, more=failing())
+    framer = Framer(TEST_RECIPE, HOP_FRAMES)
+    good = chunk("live", 0, 0, seconds=5.0)
+    results = framer.push_many([Arrival(good, 0, 0, 0.0), Arrival(bad, 0, 1, 0.0)])
+    assert results[0].windows and results[0].bad_input is None
+    assert results[1].windows == [] and results[1].bad_input is not None
+    assert results[1].bad_input.reason is Reason.CORRUPT_CONTAINER
+    assert set(framer.streams) == {"live"}

@@ -11,7 +11,9 @@ import pytest
 import soundfile as sf
 
 from streamgenre.stream.wire import (
+    MAX_TITLE_CHARS,
     SCHEMA_DIR,
+    STREAM_ID_MAX_LENGTH,
     BadInput,
     GenreEvent,
     Prediction,
@@ -19,9 +21,12 @@ from streamgenre.stream.wire import (
     chunk_headers,
     decode_chunk,
     encode_json,
+    parse_key,
+    validate_stream_id,
     write_schemas,
 )
 from tests.audio import encode_chunk, tone_mix
+from tests.faults_hostile import flac_claiming
 
 LIMIT = 1 << 20
 
@@ -73,7 +78,7 @@ def test_each_bad_input_has_its_reason() -> None:
         Reason.NON_FINITE_SAMPLES: (b"k", np.array([0.1, np.nan], "<f4").tobytes(),
                                     chunk_headers("audio/pcm;format=f32le", 0, 0, 16000, 1)),
         Reason.CORRUPT_CONTAINER: (b"k", b"OggS" + b"\x00" * 200, chunk_headers("audio/ogg", 0, 0)),
-        Reason.DECOMPRESSION_BOMB: (b"k", silent_flac(600), chunk_headers("audio/flac", 0, 0)),
+        Reason.DECOMPRESSION_BOMB: (b"k", flac_claiming(3 * 3600), chunk_headers("audio/flac", 0, 0)),
     }
     for reason, (key, value, headers) in cases.items():
         with pytest.raises(BadInput) as caught:
@@ -87,6 +92,40 @@ def test_lying_container_header_is_refused() -> None:
         decode_chunk(b"k", wav_claiming(10**9), chunk_headers("audio/wav", 0, 0), LIMIT)
     assert caught.value.reason is Reason.CORRUPT_CONTAINER
     assert len(silent_flac(600)) < LIMIT // 50
+
+
+def test_decoded_audio_is_bounded_by_duration_not_bytes() -> None:
+    """Ten minutes of FLAC decode (lazily, in blocks) under the default limit; over a set limit it is a bomb."""
+    value, headers = silent_flac(600), chunk_headers("audio/flac", 0, 0)
+    chunk = decode_chunk(b"k", value, headers, LIMIT)
+    assert chunk.more is not None, "a long container is decoded block by block"
+    assert chunk.samples.shape[0] + sum(block.shape[0] for block in chunk.more) == 600 * 8000
+    with pytest.raises(BadInput) as caught:
+        decode_chunk(b"k", value, headers, LIMIT, max_decoded_s=599)
+    assert caught.value.reason is Reason.DECOMPRESSION_BOMB
+    tiny = flac_claiming(3 * 3600)
+    assert len(tiny) < 200
+    with pytest.raises(BadInput, match="10800 s"):
+        decode_chunk(b"k", tiny, headers, LIMIT)
+
+
+def test_short_container_is_decoded_at_once() -> None:
+    encoded = encode_chunk(tone_mix(2.0, 16000, 2, seed=3), 16000, "ogg", seq=0, ts_ms=0)
+    chunk = decode_chunk(b"k", encoded.value, encoded.headers, LIMIT)
+    assert chunk.more is None and chunk.samples.shape[0] == encoded.n_samples
+
+
+def test_container_corrupt_after_its_first_block_fails_when_that_block_is_read() -> None:
+    """NaNs in the middle of a float WAV are found only when their block is decoded."""
+    audio = tone_mix(35.0, 8000, 1, seed=4)
+    audio[25 * 8000] = np.nan  # the third 10 s block: the second is read ahead to know there is more
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, 8000, format="WAV", subtype="FLOAT")
+    chunk = decode_chunk(b"k", buffer.getvalue(), chunk_headers("audio/wav", 0, 0), 4 * LIMIT)
+    assert chunk.more is not None
+    with pytest.raises(BadInput) as caught:
+        list(chunk.more)
+    assert caught.value.reason is Reason.NON_FINITE_SAMPLES
 
 
 def test_pcm_headers_are_required_for_pcm_only() -> None:
@@ -119,5 +158,46 @@ def test_hot_path_json_matches_pydantic_output() -> None:
         "t_end": 1760000003.2224, "ts": 1760000003222, "genre": "jazz", "confidence": 0.91234, "uncertain": False,
         "probs": {"jazz": 0.91234, "rock": 0.08766}, "smoothed_genre": "jazz",
         "smoothed_probs": {"jazz": 0.8, "rock": 0.2}, "model_version": "m-1", "latency_ms": 12.5,
+        "title": "Café Tacvba – Eres",
+        "state": "music", "state_probs": {"music": 0.9, "speech": 0.05, "mixed": 0.05, "silence": 0.0},
+        "level_dbfs": -18.5,
     }
     assert encode_json(payload) == Prediction.model_validate(payload).model_dump_json(exclude_none=True).encode()
+
+
+@pytest.mark.parametrize("stream_id",
+                         ["radio-7", "blues.00099", "a", "tenant:42/station@eu+1", "x" * STREAM_ID_MAX_LENGTH])
+def test_valid_stream_ids_pass_client_and_daemon_alike(stream_id: str) -> None:
+    assert validate_stream_id(stream_id) == stream_id
+    assert parse_key(stream_id.encode()) == stream_id
+
+
+@pytest.mark.parametrize(("stream_id", "message"), [
+    ("", "empty"),
+    ("x" * (STREAM_ID_MAX_LENGTH + 1), "limit is 128"),
+    ("x" * 100_000, "limit is 128"),
+    ("my song", "' '"),
+    ("tab\there", "'\\t'"),
+    ("caf\u00e9", "'\u00e9'"),
+    ("a*b", "'*'"),
+])
+def test_bad_stream_ids_are_refused_with_the_rule(stream_id: str, message: str) -> None:
+    with pytest.raises(BadInput) as client_side:
+        validate_stream_id(stream_id)
+    assert client_side.value.reason is Reason.BAD_KEY and message in str(client_side.value)
+    with pytest.raises(BadInput) as daemon_side:
+        parse_key(stream_id.encode())
+    assert daemon_side.value.reason is Reason.BAD_KEY
+
+
+def test_title_header_is_optional_and_never_refuses_the_audio() -> None:
+    """A radio title is third-party text: bad bytes are replaced and a long one is cut, the audio is kept."""
+    pcm = b"\x00\x00" * 100
+    plain = decode_chunk(b"k", pcm, chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1), LIMIT)
+    assert plain.headers.title is None
+    titled = chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1, title="Nina Simone - Sinnerman")
+    assert decode_chunk(b"k", pcm, titled, LIMIT).headers.title == "Nina Simone - Sinnerman"
+    latin1 = [*chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1), ("Title", "Beyoncé".encode("latin-1"))]
+    assert decode_chunk(b"k", pcm, latin1, LIMIT).headers.title == "Beyonc\ufffd"
+    long = [*chunk_headers("audio/pcm;format=s16le", 0, 0, 16000, 1), ("title", b"x" * 5000)]
+    assert len(decode_chunk(b"k", pcm, long, LIMIT).headers.title or "") == MAX_TITLE_CHARS

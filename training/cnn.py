@@ -52,6 +52,10 @@ class PaperCNN(nn.Module):
         Size of the penultimate dense layer, exported as ``embedding``.
     dropout : float
         Dropout before each dense layer (training only).
+    center_input : bool
+        Subtract each window's mean over all mel bins and frames first. With a scalar
+        normaliser, a gain is a constant offset of a ``power_to_db`` input (above the ``amin``
+        floor), so this makes the model level-invariant by construction.
     """
 
     def __init__(
@@ -62,8 +66,10 @@ class PaperCNN(nn.Module):
         widths: tuple[int, ...] = WIDTHS,
         embedding_dim: int = 128,
         dropout: float = 0.3,
+        center_input: bool = False,
     ) -> None:
         super().__init__()
+        self.center_input = center_input
         if min(n_mels, n_frames) < 2 ** (len(widths) + 1):
             raise ValueError(f"a {n_mels}x{n_frames} window is too small for {len(widths)} pooling blocks")
         self.input_shape = (1, n_mels, n_frames)
@@ -91,13 +97,16 @@ class PaperCNN(nn.Module):
         self.embedding_dim = embedding_dim
         self.n_classes = n_classes
         self.description = (
-            f"{len(widths)} x [conv 3x3 ({'/'.join(map(str, widths))} channels, first with stride 2), "
+            ("per-window mean subtraction, " if center_input else "")
+            + f"{len(widths)} x [conv 3x3 ({'/'.join(map(str, widths))} channels, first with stride 2), "
             f"batch norm, ReLU, max-pool 2x2], global mean+max pool, dropout {dropout}, "
             f"dense {embedding_dim} + ReLU (embedding), dropout {dropout}, dense {n_classes}, softmax"
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[N, n_classes]`` and embedding ``[N, embedding_dim]`` of windows ``[N, 1, M, T]``."""
+        if self.center_input:
+            x = x - x.mean(dim=(1, 2, 3), keepdim=True)
         h = self.features(x)
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
         embedding = self.head(pooled)

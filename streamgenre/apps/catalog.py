@@ -2,9 +2,9 @@
 
 :func:`register` adds both subcommands to the main parser's subparsers; each sets
 ``handler`` to ``handler(args, settings=None) -> exit code``, the convention of
-:mod:`streamgenre.apps.cli`. Errors a user can fix (a missing
-catalogue, a bad path, a catalogue built with another model) print one ``error:`` line on
-stderr and return 1 instead of a traceback.
+:mod:`streamgenre.apps.cli`. Errors a user can fix (a missing catalogue, a bad path, a catalogue
+built with another model) are raised (``UsageError``, ``CatalogError``, ``ModelError``,
+``FileNotFoundError``); :func:`streamgenre.apps.cli.main` prints them as one line and exits 2.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import soundfile as sf
 
+from streamgenre.apps.errors import UsageError
 from streamgenre.config import Settings
-from streamgenre.model.contract import GenreModel, ModelError
+from streamgenre.model.contract import GenreModel
 from streamgenre.model.similarity import (
     DEFAULT_ANN_THRESHOLD,
     Catalog,
-    CatalogError,
     build_catalog,
     embed_file,
     read_labels,
@@ -82,11 +82,6 @@ def _load_model(args: argparse.Namespace, settings: Settings | None) -> GenreMod
     return GenreModel(args.model or (settings or Settings()).model_path, threads=args.threads)
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 def run_index(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Handler of ``streamgenre index``: build the catalogue, report skipped files."""
     try:
@@ -95,8 +90,8 @@ def run_index(args: argparse.Namespace, settings: Settings | None = None) -> int
         catalog = build_catalog(args.paths, model, args.out, labels=labels, progress=not args.no_progress,
                                 batch_size=args.batch_size, ann_threshold=args.ann_threshold,
                                 max_windows=args.max_windows)
-    except (OSError, ValueError, ModelError, CatalogError) as exc:
-        return _fail(str(exc))
+    except (OSError, ValueError) as exc:  # an unreadable labels file or output folder, a bad argument
+        raise UsageError(str(exc)) from exc
     for path, reason in catalog.skipped:
         print(f"skipped: {path}: {reason}", file=sys.stderr)
     search = "HNSW index" if catalog.info.get("ann") else "exact search"
@@ -108,19 +103,17 @@ def run_index(args: argparse.Namespace, settings: Settings | None = None) -> int
 def run_similar(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Handler of ``streamgenre similar``: print FILE's nearest catalogue tracks."""
     if args.k < 1:
-        return _fail(f"-k must be at least 1, got {args.k}")
+        raise UsageError(f"-k must be at least 1, got {args.k}")
     if not args.file.is_file():
-        return _fail(f"no such audio file: {args.file}")
+        raise UsageError(f"no such audio file: {args.file}")
+    catalog = Catalog.load(args.catalog, ann_threshold=args.ann_threshold)
+    model = _load_model(args, settings)
+    catalog.check_model(model)
     try:
-        catalog = Catalog.load(args.catalog, ann_threshold=args.ann_threshold)
-        model = _load_model(args, settings)
-        catalog.check_model(model)
         # Embed the query as the catalogue's tracks were embedded.
         query = embed_file(args.file, model, max_windows=catalog.info.get("max_windows"))
-    except (ModelError, CatalogError) as exc:
-        return _fail(str(exc))
     except (sf.LibsndfileError, OSError) as exc:
-        return _fail(f"cannot read {args.file}: {exc}")
+        raise UsageError(f"cannot read {args.file}: {exc}") from exc
     results = [{"rank": rank, **catalog.describe(i, score)}
                for rank, (i, score) in enumerate(catalog.query(query.embedding, args.k), 1)]
     if args.json:

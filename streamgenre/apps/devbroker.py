@@ -80,6 +80,9 @@ class DevBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> DevBroker:
+        # Whatever already listens there would answer wait_for_port below in tansu's place.
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            raise BrokerError(f"port {self.port} on 127.0.0.1 is in use (another broker?); choose another with --port")
         url = f"tcp://127.0.0.1:{self.port}"
         command = [str(broker_binary()), "broker", "--listener-url", url,
                    "--advertised-listener-url", url, "--storage-engine", self.storage]
@@ -117,12 +120,13 @@ class DevBroker:
 
 
 def ensure_topics(settings: Settings, partitions: int = 4) -> None:
-    """Create the input, output, events and DLQ topics if they do not exist yet."""
+    """Create the input, output, events, segments, alerts and DLQ topics if they do not exist yet."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers.split(","),
                              **settings.kafka_security())
     try:
         existing = set(admin.list_topics())
-        wanted = [settings.input_topic, settings.output_topic, settings.events_topic, settings.dlq_topic]
+        wanted = [settings.input_topic, settings.output_topic, settings.events_topic, settings.dlq_topic,
+                  settings.segments_topic, settings.alerts_topic]
         missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted if t not in existing]
         # Another worker may create a topic between our list and create: same outcome.
         if missing:

@@ -22,12 +22,15 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 
 from kafka.errors import KafkaError
 
 from streamgenre.config import Settings
 from streamgenre.model.contract import GenreModel
+from streamgenre.model.similarity import Catalog
 from streamgenre.stream.metrics import GcPauses, Health, Metrics, serve_http
 from streamgenre.stream.pipeline import NeighbourIndex, Pipeline
 from streamgenre.stream.sinks import KafkaSink, RedisSink, SinkError
@@ -44,6 +47,10 @@ HOUSEKEEPING_INTERVAL_S = 2.0
 # partitions are paused and no record will end the wait, so the loop comes back sooner.
 POLL_TIMEOUT_MS = 250
 BACKPRESSURE_POLL_TIMEOUT_MS = 50
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start (a busy metrics port, say); the CLI prints it as one line, exit 2."""
 
 
 def limit_native_threads() -> None:
@@ -80,11 +87,18 @@ class _Item:
 class Daemon:
     """One worker process of the consumer group. ``run()`` blocks until shutdown.
 
+    The daemon loads everything the settings name — the model (``model_path``) and the
+    catalogue of live neighbours (``catalog_path``) — so every command that builds one
+    (``run``, ``demo``, the tests) honours the same settings.
+
+    Everything :meth:`startup` creates is declared here as ``None``: :meth:`shutdown` releases
+    what exists after a startup that stopped half-way, and nothing else.
+
     Parameters
     ----------
     settings : Settings
     catalog : NeighbourIndex, optional
-        Catalogue for live neighbours (``settings.catalog_path`` loads one in the CLI).
+        A catalogue already in memory; it replaces the one ``settings.catalog_path`` names.
     """
 
     def __init__(self, settings: Settings, catalog: NeighbourIndex | None = None) -> None:
@@ -102,6 +116,15 @@ class Daemon:
         self._to_commit: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self._worker_stop = threading.Event()
+        # Created by startup(), in this order; shutdown() releases those that exist.
+        self.model: GenreModel | None = None
+        self.http: ThreadingHTTPServer | None = None
+        self.kafka: KafkaSink | None = None
+        self.redis: RedisSink | None = None
+        self.pipeline: Pipeline | None = None
+        self.source: ChunkSource | None = None
+        self.gc_pauses: GcPauses | None = None
+        self._worker: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -121,17 +144,28 @@ class Daemon:
     def startup(self) -> None:
         s = self.settings
         limit_native_threads()
+        # Each step below can take seconds on a cold machine; saying which one is running is
+        # what tells a user the daemon is starting rather than stuck.
+        log.info("loading model %s", s.model_path)
         self.model = GenreModel(s.model_path, threads=s.ort_threads)
         self.health.model_loaded = True
         self.metrics.model_info.labels(self.model.version).set(1)
+        if self.catalog is None and s.catalog_path is not None:
+            self.catalog = Catalog.load(s.catalog_path)
         if self.catalog is not None:
             self.catalog.check_model(self.model)  # embeddings of another model live in another space
-        self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
+        try:
+            self.http = serve_http(self.metrics, lambda: self.health, s.metrics_host, s.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc.strerror or exc} "
+                               "(another daemon there? set STREAMGENRE_METRICS_PORT)") from exc
         self.kafka = KafkaSink(s)
         self.redis = RedisSink(s)
         self.health.redis_ok = self.redis.ping()
         self.pipeline = Pipeline(s, self.model, self.kafka, self.redis, self.metrics, self.catalog)
+        log.info("warming up the model (first inference)")
         self.pipeline.warm_up()
+        log.info("connecting to Kafka at %s and joining group %s", s.bootstrap_servers, s.group_id)
         self.source = self._connect_source()
         # Nearly everything allocated so far (libraries, model, warm-up caches) lives as long as
         # the process. Left in the collector's generations, every full collection walks all of
@@ -183,9 +217,9 @@ class Daemon:
         """
         started = time.monotonic()
         log.info("draining (budget %.1fs)", self.settings.drain_timeout_s)
-        if hasattr(self, "gc_pauses"):
+        if self.gc_pauses is not None:
             self.gc_pauses.close()
-        if hasattr(self, "source"):
+        if self.source is not None:
             self._generation += 1  # makes every queued record stale
             self._overflow.clear()
             barrier = self._barrier(set(), self.settings.drain_timeout_s)
@@ -196,9 +230,11 @@ class Daemon:
                 self.source.close()
             except KafkaError as exc:
                 log.warning("consumer close: %s", exc)
-        if hasattr(self, "kafka"):
+        if self.kafka is not None:
             self.kafka.close(timeout_s=max(0.5, self.settings.drain_timeout_s - (time.monotonic() - started)))
+        if self.redis is not None:
             self.redis.close()
+        if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
         log.info("stopped after %.2fs drain", time.monotonic() - started)
@@ -330,22 +366,21 @@ class Daemon:
 
     def _collect_committable(self) -> None:
         """Hand the poll thread the offsets whose outputs the broker has acknowledged."""
-        try:
-            offsets = self.pipeline.committable()
-        except SinkError as exc:
-            self.health.broker_ok = False
-            log.warning("outputs not acknowledged, not committing: %s", exc)
-            return
+        offsets = self._acknowledged(self.pipeline.committable)
         if offsets:
             with self._commit_lock:
                 self._to_commit.update(offsets)
 
     def _checkpoint(self) -> tuple[bool, dict[int, int]]:
         """Checkpoint and wait for the acks (barriers: rebalance and shutdown)."""
+        offsets = self._acknowledged(self.pipeline.checkpoint_and_flush)
+        return offsets is not None, offsets or {}
+
+    def _acknowledged(self, offsets_of: Callable[[], dict[int, int]]) -> dict[int, int] | None:
+        """The offsets ``offsets_of`` allows, or None when the outputs failed (commit nothing)."""
         try:
-            offsets = self.pipeline.checkpoint_and_flush()
+            return offsets_of()
         except SinkError as exc:
             self.health.broker_ok = False
             log.warning("outputs not acknowledged, not committing: %s", exc)
-            return False, {}
-        return True, offsets
+            return None

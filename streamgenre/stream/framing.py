@@ -21,6 +21,7 @@ which bounds what the daemon may commit (see ``docs/RELIABILITY.md``).
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import zlib
 from collections.abc import Sequence
@@ -30,8 +31,15 @@ from typing import NamedTuple
 import numpy as np
 import soxr
 
-from streamgenre.model.features import FeatureRecipe, StreamingLogMel, compress, frames_to_mel, window_input
-from streamgenre.stream.wire import Chunk
+from streamgenre.model.features import (
+    FeatureRecipe,
+    StreamingLogMel,
+    compress,
+    frames_to_mel,
+    log_mel,
+    window_input,
+)
+from streamgenre.stream.wire import BadInput, Chunk
 
 
 @dataclass
@@ -46,6 +54,8 @@ class Window:
     t_end: float
     completed_at: float
     chunk_ts_ms: int
+    title: str | None = None
+    short: bool = False  # an ended stream's only window, off the grid (see StreamState.short_window)
 
 
 def grid_phase(stream_id: str, hop_samples: int, sample_rate: int) -> int:
@@ -73,6 +83,7 @@ class PushResult:
     windows: list[Window] = field(default_factory=list)
     reset_reason: str | None = None
     duplicate: bool = False
+    bad_input: BadInput | None = None  # a long container that failed while its blocks were decoded
 
 
 class StreamState:
@@ -81,7 +92,8 @@ class StreamState:
     Memory is bounded: the frame buffer holds ``n_frames + hop_frames`` mel frames (hop never
     exceeds the window), the feature
     front end fewer than ``n_fft`` samples, the resampler its filter state, and the offset
-    list one entry per chunk of the current window.
+    list one entry per chunk of the current window. Until its first window, a segment also keeps
+    its first ``window_samples`` of model-rate audio, for :meth:`short_window`.
     """
 
     def __init__(self, stream_id: str, partition: int, recipe: FeatureRecipe, hop_frames: int,
@@ -112,6 +124,9 @@ class StreamState:
         self._frames = np.zeros((recipe.n_mels, recipe.n_frames + hop_frames), np.float32)
         self._n_frames = 0  # valid frames in the buffer, the first belongs to window next_window
         self._chunk_starts: collections.deque[tuple[int, int]] = collections.deque()
+        self.windows_emitted = 0
+        self._head: list[np.ndarray] = []  # model-rate audio from the segment start, until a window is out
+        self._head_samples = 0
 
     def expected_ts_ms(self) -> float:
         return self.anchor_ms + 1000.0 * self.input_samples / self.input_rate
@@ -132,13 +147,22 @@ class StreamState:
         self.last_activity = received_at
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples, last=last)
+        if not self.windows_emitted and self._head_samples < self.recipe.window_samples:
+            kept = samples[: self.recipe.window_samples - self._head_samples].copy()
+            self._head.append(kept)
+            self._head_samples += kept.shape[0]
         if self._skip:
             dropped = min(self._skip, samples.shape[0])
             samples, self._skip = samples[dropped:], self._skip - dropped
         return self._features.take_frames(samples)
 
-    def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int) -> list[Window]:
-        """Step 2 of 2: append compressed mel frames ``(n_mels, n)``; return the windows they complete."""
+    def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int,
+                   title: str | None = None) -> list[Window]:
+        """Step 2 of 2: append compressed mel frames ``(n_mels, n)``; return the windows they complete.
+
+        The windows carry ``title``, the title of the chunk that completes them (its audio is the
+        window's most recent).
+        """
         windows: list[Window] = []
         while new_frames.shape[1]:
             room = self._frames.shape[1] - self._n_frames
@@ -149,18 +173,18 @@ class StreamState:
             # A full buffer can hold two complete windows: emit both now, or the second would
             # wait for audio that an end of stream never brings.
             while self._n_frames >= self.recipe.n_frames:
-                windows.append(self._emit(received_at, ts_ms))
+                windows.append(self._emit(received_at, ts_ms, title))
         self._forget_consumed_chunks()
         return windows
 
-    def _emit(self, received_at: float, ts_ms: int) -> Window:
+    def _emit(self, received_at: float, ts_ms: int, title: str | None) -> Window:
         n_frames, sr = self.recipe.n_frames, self.recipe.sample_rate
         start = self.window_start(self.next_window)
         window = Window(
             stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
             logmel=window_input(self._frames[:, :n_frames], self.recipe),
             t_start=start / sr, t_end=(start + self.recipe.window_samples) / sr,
-            completed_at=received_at, chunk_ts_ms=ts_ms,
+            completed_at=received_at, chunk_ts_ms=ts_ms, title=title,
         )
         # Slide by one hop. A shift rather than a wrap-around ring: the model needs a
         # contiguous window anyway, and the copy is tiny next to the FFTs that made the frames.
@@ -168,7 +192,34 @@ class StreamState:
         self._frames[:, :keep] = self._frames[:, self._n_frames - keep : self._n_frames]
         self._n_frames = keep
         self.next_window += 1
+        self.windows_emitted += 1
+        self._head, self._head_samples = [], 0
         return window
+
+    def short_window(self, received_at: float, ts_ms: int, title: str | None = None) -> Window | None:
+        """The one window of an ended segment that completed none on the grid, else None.
+
+        An upload shorter than a window, or one whose audio ends before the window that starts
+        at its first grid point does (the grid's phase depends on the stream id), would get no
+        classification at all. Instead its audio from the segment start is classified: a window
+        aligned on the first sample when the audio is long enough, else the audio repeated to
+        fill one (repetition keeps the model's input music; zero padding would add silence the
+        model never saw in training). ``window_seq`` is that of the first grid window, which
+        never completed, so a replay gives the same key; ``t_end`` is where the audio ended.
+        """
+        if self.windows_emitted or not self._head_samples:
+            return None
+        recipe = self.recipe
+        audio = np.concatenate(self._head)
+        filled = np.resize(audio, recipe.window_samples)  # np.resize repeats the input to fill
+        start = self.anchor_sample
+        self.windows_emitted += 1
+        return Window(
+            stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
+            logmel=window_input(log_mel(filled, recipe), recipe),
+            t_start=start / recipe.sample_rate, t_end=(start + audio.shape[0]) / recipe.sample_rate,
+            completed_at=received_at, chunk_ts_ms=ts_ms, title=title, short=True,
+        )
 
     def _forget_consumed_chunks(self) -> None:
         next_start = self.window_start(self.next_window)
@@ -218,6 +269,11 @@ class Framer:
         The same as pushing them one by one, but the new STFT frames of all of them go through a
         single :func:`~streamgenre.model.features.frames_to_mel` pass: for 0.5 s chunks that is about a
         third cheaper per frame than one pass per chunk (fewer, larger numpy calls).
+
+        A long container (``chunk.more``, a whole upload in one message) is framed on its own,
+        block by block as it is decoded, after the chunks staged before it: its decoded audio and
+        STFT frames never exist whole. If a later block turns out bad, the message gets
+        ``bad_input`` and no windows (it goes to the DLQ whole) and its stream starts afresh.
         """
         results: list[PushResult] = []
         staged: list[tuple[StreamState, PushResult, np.ndarray, Arrival]] = []
@@ -228,18 +284,58 @@ class Framer:
             if state is None:
                 continue
             eos = arrival.chunk.headers.eos
-            frames = state.take_frames(arrival.chunk.samples, arrival.offset, arrival.received_at, last=eos)
-            staged.append((state, result, frames, arrival))
+            if arrival.chunk.more is not None:
+                self._frame_staged(staged)
+                staged = []
+                self._frame_blocks(state, result, arrival)
+            else:
+                frames = state.take_frames(arrival.chunk.samples, arrival.offset, arrival.received_at, last=eos)
+                staged.append((state, result, frames, arrival))
             if eos:
-                del self.streams[arrival.chunk.stream_id]
-        if staged:
-            log_frames = compress(frames_to_mel([frames for _, _, frames, _ in staged], self.recipe), self.recipe)
-            start = 0
-            for state, result, frames, arrival in staged:
-                share = log_frames[:, start : start + frames.shape[0]]
-                start += frames.shape[0]
-                result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts)
+                self.streams.pop(arrival.chunk.stream_id, None)
+        self._frame_staged(staged)
         return results
+
+    def _frame_staged(self, staged: list[tuple[StreamState, PushResult, np.ndarray, Arrival]]) -> None:
+        if not staged:
+            return
+        log_frames = compress(frames_to_mel([frames for _, _, frames, _ in staged], self.recipe), self.recipe)
+        start = 0
+        for state, result, frames, arrival in staged:
+            share = log_frames[:, start : start + frames.shape[0]]
+            start += frames.shape[0]
+            result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts,
+                                              arrival.chunk.headers.title)
+            if arrival.chunk.headers.eos:
+                self._add_short_window(state, result, arrival)
+
+    def _frame_blocks(self, state: StreamState, result: PushResult, arrival: Arrival) -> None:
+        """Frame a long container block by block (the resampler is told which block is last)."""
+        chunk = arrival.chunk
+        assert chunk.more is not None
+        block = chunk.samples
+        try:
+            for following in itertools.chain(chunk.more, [None]):
+                last = following is None and chunk.headers.eos
+                frames = state.take_frames(block, arrival.offset, arrival.received_at, last=last)
+                log_frames = compress(frames_to_mel([frames], self.recipe), self.recipe)
+                result.windows.extend(state.add_frames(log_frames, arrival.received_at, chunk.headers.ts,
+                                                       chunk.headers.title))
+                if following is not None:
+                    block = following
+        except BadInput as exc:
+            result.windows, result.bad_input = [], exc
+            self.streams.pop(chunk.stream_id, None)
+            return
+        if chunk.headers.eos:
+            self._add_short_window(state, result, arrival)
+
+    @staticmethod
+    def _add_short_window(state: StreamState, result: PushResult, arrival: Arrival) -> None:
+        """At ``eos``: the stream's one window of its own audio if the grid gave it none."""
+        short = state.short_window(arrival.received_at, arrival.chunk.headers.ts, arrival.chunk.headers.title)
+        if short is not None:
+            result.windows.append(short)
 
     def _state_for(self, arrival: Arrival, result: PushResult) -> StreamState | None:
         """The state this chunk continues, a fresh one after a reset, or None for a duplicate."""
@@ -289,3 +385,20 @@ class Framer:
             if offset is not None:
                 needed[state.partition] = min(offset, needed.get(state.partition, offset))
         return needed
+
+
+def expected_windows(stream_id: str, ts_ms: int, n_input: int, input_rate: int, recipe: FeatureRecipe,
+                     hop_frames: int) -> int:
+    """How many windows a stream of ``n_input`` samples starting at ``ts_ms`` produces (one segment, eos).
+
+    The resampler's output length is rounded to the nearest sample, as soxr's streaming
+    resampler gives it once told the last chunk has come.
+    """
+    hop_samples = hop_frames * recipe.hop_length
+    rate = recipe.sample_rate
+    phase = grid_phase(stream_id, hop_samples, rate)
+    anchor = round(ts_ms * rate / 1000)
+    n_out = n_input if input_rate == rate else math.floor(n_input * rate / input_rate + 0.5)
+    first = math.ceil((anchor - phase) / hop_samples)
+    last = math.floor((anchor + n_out - recipe.window_samples - phase) / hop_samples)
+    return max(0, last - first + 1)

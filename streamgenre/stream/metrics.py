@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -31,11 +32,19 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # Two clocks, two questions (docs/wire-format.md, "Latency"): window_latency is the daemon's
+        # own delay and holds for every kind of producer; e2e compares the producer's ts with the
+        # daemon's wall clock, which only means "behind live" when ts runs at real time.
         self.window_latency = Histogram(
-            "streamgenre_window_latency_seconds", "Window complete (audio received) to prediction published.",
+            "streamgenre_window_latency_seconds",
+            "The daemon's delay: the window's last chunk received (daemon clock) to its prediction published. "
+            "Includes queueing behind other chunks, so a fast upload backlog shows here.",
             buckets=LATENCY_BUCKETS, registry=r)
         self.e2e_latency = Histogram(
-            "streamgenre_e2e_latency_seconds", "Producer ts of the window's last chunk to prediction published.",
+            "streamgenre_e2e_latency_seconds",
+            "Behind live: producer ts (stream clock) of the chunk that completed the window to its prediction "
+            "published (daemon wall clock). Meaningful for streams paced in real time; an upload sent faster "
+            "than real time has ts ahead of the wall clock and is observed as 0.",
             buckets=LATENCY_BUCKETS, registry=r)
         self.inference_seconds = Histogram(
             "streamgenre_inference_seconds", "onnxruntime time per micro-batch.", buckets=LATENCY_BUCKETS, registry=r)
@@ -51,6 +60,10 @@ class Metrics:
             "streamgenre_decode_errors", "Input messages that could not be decoded, by reason.", ["reason"], registry=r)
         self.dlq_messages = Counter(
             "streamgenre_dlq_messages", "Messages written to the dead-letter topic, by reason.", ["reason"], registry=r)
+        self.short_streams = Counter(
+            "streamgenre_short_streams",
+            "Ended streams (eos) that completed no window on the grid and got one window of their own audio.",
+            registry=r)
         self.seq_gaps = Counter("streamgenre_seq_gaps", "Per-stream seq gaps (window reset).", registry=r)
         self.window_resets = Counter(
             "streamgenre_window_resets", "Stream windows reset, by reason (seq_gap, time_jump, format).",
@@ -71,6 +84,19 @@ class Metrics:
             "streamgenre_ready", "1 when the model is loaded and the broker reachable.", registry=r)
         self.redis_up = Gauge("streamgenre_redis_up", "1 when the last Redis write succeeded.", registry=r)
         self.model_info = Gauge("streamgenre_model_info", "Loaded model (value 1).", ["version"], registry=r)
+        self.content_windows = Counter(
+            "streamgenre_content_windows", "Published windows by content state.", ["state"], registry=r)
+        self.content_model_loaded = Gauge(
+            "streamgenre_content_model_loaded", "1 when the speech/music model is in use (0: level only).", registry=r)
+        self.segments = Counter(
+            "streamgenre_segments", "Closed segments published, by state.", ["state"], registry=r)
+        self.alerts = Counter(
+            "streamgenre_alerts", "Alerts published on the alerts topic, by kind "
+            "(dead_air_start, dead_air_end, stream_down, stream_up).", ["kind"], registry=r)
+        self.dead_air_streams = Gauge(
+            "streamgenre_dead_air_streams", "Streams silent for at least dead_air_s right now.", registry=r)
+        self.streams_down = Gauge(
+            "streamgenre_streams_down", "Open streams without audio for at least stream_down_s.", registry=r)
         self.gc_pause = Histogram(
             "streamgenre_gc_pause_seconds", "Garbage-collector pauses of this process, by generation.",
             ["generation"], buckets=GC_BUCKETS, registry=r)
@@ -134,8 +160,22 @@ class Health:
         }
 
 
-def serve_http(metrics: Metrics, health: Callable[[], Health], host: str, port: int) -> ThreadingHTTPServer:
-    """Start the metrics/health server in a daemon thread; returns it so the caller can stop it."""
+class Exposes(Protocol):
+    def exposition(self) -> bytes: ...
+
+
+class HealthReport(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    def body(self) -> dict[str, object]: ...
+
+
+def serve_http(metrics: Exposes, health: Callable[[], HealthReport], host: str, port: int) -> ThreadingHTTPServer:
+    """Start the metrics/health server in a daemon thread; returns it so the caller can stop it.
+
+    Shared by the daemon (:class:`Metrics`, :class:`Health`) and the radio relay.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -1,5 +1,7 @@
 """Output sinks: the Kafka producer (predictions, events, DLQ) and the Redis pipeline.
 
+The pipeline sees them only through the :class:`OutputSink` and :class:`CacheSink` protocols.
+
 Kafka is the system of record; Redis is a cache of the latest state for dashboards and APIs.
 So a Kafka failure stops progress (nothing is committed until outputs are acknowledged), while
 a Redis failure only degrades: writes are retried for a bounded time, then skipped and
@@ -11,7 +13,9 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 from kafka import KafkaProducer
@@ -33,6 +37,45 @@ class OutMessage:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
+
+
+class OutputSink(Protocol):
+    """Where the pipeline sends predictions, events and dead letters: the system of record.
+
+    The pipeline's commits rest on the counts: a checkpoint remembers :attr:`sent`, and its
+    offsets become committable once :meth:`acknowledged` reaches it (see
+    :meth:`streamgenre.stream.pipeline.Pipeline.checkpoint`). :class:`KafkaSink` is the one in
+    production; the unit tests use fakes that fail on demand.
+    """
+
+    @property
+    def sent(self) -> int:
+        """Messages handed to :meth:`send` so far."""
+        ...
+
+    def send(self, message: OutMessage) -> None: ...
+
+    def acknowledged(self) -> int:
+        """How many of the sent messages, counted from the first, are acknowledged; may raise SinkError."""
+        ...
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until everything sent is acknowledged; raise SinkError if it cannot be."""
+        ...
+
+
+class CacheSink(Protocol):
+    """Latest value and timeline per stream (Redis): a cache, so a failed write is skipped, not retried."""
+
+    @property
+    def up(self) -> bool:
+        """Whether the last write or ping succeeded."""
+        ...
+
+    def write(self, timeline: list[tuple[str, bytes]], latest: dict[str, bytes],
+              segments: Sequence[tuple[str, bytes]] = ()) -> bool:
+        """Append to timelines, set latest values, append closed segments; False when skipped."""
+        ...
 
 
 class KafkaSink:
@@ -147,14 +190,19 @@ class KafkaSink:
 class RedisSink:
     """Latest prediction and timeline per stream, written with one pipeline per batch.
 
-    Keys: ``{prefix}:{stream_id}:latest`` (JSON string, TTL) and ``{prefix}:{stream_id}:timeline``
-    (Redis Stream, field ``json``, ``MAXLEN ~``).
+    Keys: ``{prefix}:{stream_id}:latest`` (JSON string, TTL), ``{prefix}:{stream_id}:timeline``
+    (Redis Stream, field ``json``, ``MAXLEN ~``, expiring ``redis_timeline_ttl_s`` after its last
+    write) and ``{prefix}:{stream_id}:segments`` (closed segments: Redis Stream, field ``json``,
+    ``MAXLEN ~``, expires ``redis_segments_ttl_s`` after its last segment).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.prefix = settings.redis_prefix
         self.ttl_s = settings.redis_latest_ttl_s
         self.maxlen = settings.redis_timeline_maxlen
+        self.timeline_ttl_s = settings.redis_timeline_ttl_s
+        self.segments_maxlen = settings.redis_segments_maxlen
+        self.segments_ttl_s = settings.redis_segments_ttl_s
         self.retry_s = settings.redis_retry_s
         self.client = redis.Redis.from_url(
             settings.redis_url.get_secret_value(), socket_timeout=1.0, socket_connect_timeout=1.0
@@ -164,8 +212,10 @@ class RedisSink:
     def key(self, stream_id: str, kind: str) -> str:
         return f"{self.prefix}:{stream_id}:{kind}"
 
-    def write(self, timeline: list[tuple[str, bytes]], latest: dict[str, bytes]) -> bool:
-        """Append predictions to timelines and set latest values; False if skipped (Redis down).
+    def write(self, timeline: list[tuple[str, bytes]], latest: dict[str, bytes],
+              segments: Sequence[tuple[str, bytes]] = ()) -> bool:
+        """Append predictions to timelines, set latest values, append closed segments; False if
+        skipped (Redis down).
 
         A failing write is retried for ``retry_s``, then Redis is marked down. While it is down,
         writes are skipped at once: this runs on the worker thread, and a Redis that hangs
@@ -180,8 +230,16 @@ class RedisSink:
                 pipe = self.client.pipeline(transaction=False)
                 for stream_id, value in timeline:
                     pipe.xadd(self.key(stream_id, "timeline"), {"json": value}, maxlen=self.maxlen, approximate=True)
+                if self.timeline_ttl_s:
+                    # MAXLEN bounds a long stream; the TTL frees the timeline of one that ended.
+                    for stream_id in {stream_id for stream_id, _ in timeline}:
+                        pipe.expire(self.key(stream_id, "timeline"), self.timeline_ttl_s)
                 for stream_id, value in latest.items():
                     pipe.set(self.key(stream_id, "latest"), value, ex=self.ttl_s)
+                for stream_id, value in segments:
+                    key = self.key(stream_id, "segments")
+                    pipe.xadd(key, {"json": value}, maxlen=self.segments_maxlen, approximate=True)
+                    pipe.expire(key, self.segments_ttl_s)
                 pipe.execute()
                 return True
             except redis.RedisError as exc:

@@ -1,19 +1,24 @@
 """Message formats: the input chunk (Kafka headers + audio bytes) and the JSON outputs.
 
 Input (topic ``audio.chunks``): key = stream id (UTF-8), value = audio bytes, headers
-``content-type``, ``sample-rate`` + ``channels`` (PCM only), ``seq``, ``ts``, optional ``eos``.
+``content-type``, ``sample-rate`` + ``channels`` (PCM only), ``seq``, ``ts``, optional ``eos`` and
+``title`` (the now-playing title, e.g. a radio's ICY ``StreamTitle``, carried into each prediction).
 Everything that can be wrong with a message is detected here and raised as :class:`BadInput`
 with a machine-readable ``reason``; the daemon routes those to the dead-letter topic.
 
-Outputs (``genre.predictions``, ``genre.events``) are pydantic models; their JSON Schemas are
-generated from these classes into ``streamgenre/stream/schemas/`` (``python -m streamgenre.stream.wire``),
-and a test checks that the committed schemas match and that emitted messages validate.
+Outputs (``genre.predictions``, ``genre.events``, ``genre.segments``, ``genre.alerts``) are
+pydantic models; their JSON Schemas are generated from these classes into
+``streamgenre/stream/schemas/`` (``python -m streamgenre.stream.wire``), and a test checks that
+the committed schemas match and that emitted messages validate.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import re
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -26,9 +31,16 @@ SCHEMA_VERSION = 1
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 96000
 MAX_CHANNELS = 32
+MAX_TITLE_CHARS = 512
 PCM_TYPES = {"audio/pcm;format=s16le": np.dtype("<i2"), "audio/pcm;format=f32le": np.dtype("<f4")}
 CONTAINER_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg"}
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+# Stream ids become Kafka keys, Redis key parts ({prefix}:{stream_id}:latest), metric-free log
+# fields and file names in reports, so they are kept short and free of whitespace, control
+# characters and shell/glob specials. Producers (ingest) and the daemon share this one check.
+STREAM_ID_MAX_LENGTH = 128
+STREAM_ID_CHARACTERS = "A-Z a-z 0-9 . _ - : / @ +"
+_STREAM_ID = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{STREAM_ID_MAX_LENGTH}}}")
 
 
 class Reason(StrEnum):
@@ -67,6 +79,7 @@ class ChunkHeaders(BaseModel):
     seq: int = Field(ge=0)
     ts: int = Field(ge=0, description="epoch ms of the chunk's first sample")
     eos: bool = False
+    title: str | None = Field(None, description="now-playing title of the chunk's audio (ICY StreamTitle)")
 
 
 class Chunk(BaseModel):
@@ -78,6 +91,8 @@ class Chunk(BaseModel):
     headers: ChunkHeaders
     samples: np.ndarray
     sample_rate: int
+    more: Iterator[np.ndarray] | None = Field(
+        None, description="a long container's remaining blocks, decoded as they are read (may raise BadInput)")
 
 
 def _header(headers: dict[str, bytes], name: str, required: bool = True) -> str | None:
@@ -90,6 +105,18 @@ def _header(headers: dict[str, bytes], name: str, required: bool = True) -> str 
         return raw.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
         raise BadInput(Reason.INVALID_HEADER, f"header {name!r} is not UTF-8") from exc
+
+
+def _title(raw: bytes | None) -> str | None:
+    """The optional ``title`` header, never a reason to refuse the audio it labels.
+
+    Radio titles come from third parties (ICY metadata is often Latin-1 or worse): undecodable
+    bytes are replaced and an overlong title is cut, rather than dead-lettering good audio.
+    """
+    if raw is None:
+        return None
+    title = raw.decode("utf-8", "replace").strip()[:MAX_TITLE_CHARS]
+    return title or None
 
 
 def parse_headers(raw_headers: list[tuple[str, bytes]] | None) -> ChunkHeaders:
@@ -106,6 +133,7 @@ def parse_headers(raw_headers: list[tuple[str, bytes]] | None) -> ChunkHeaders:
                 raise BadInput(Reason.INVALID_HEADER, f"header {name!r}={value!r} is not an integer") from exc
     eos = _header(headers, "eos", required=False)
     fields["eos"] = eos is not None and eos.lower() in {"1", "true", "yes"}
+    fields["title"] = _title(headers.get("title"))
     try:
         parsed = ChunkHeaders.model_validate(fields)
     except ValidationError as exc:
@@ -116,11 +144,31 @@ def parse_headers(raw_headers: list[tuple[str, bytes]] | None) -> ChunkHeaders:
     return parsed
 
 
+def validate_stream_id(stream_id: str) -> str:
+    """Return ``stream_id`` if it is a valid stream id, else raise :class:`BadInput` (``bad_key``).
+
+    Valid: 1 to :data:`STREAM_ID_MAX_LENGTH` characters from :data:`STREAM_ID_CHARACTERS`
+    (docs/wire-format.md). The ``ingest`` CLI calls this before it connects, the daemon for
+    every message key, so a producer learns at once what the daemon would dead-letter.
+    """
+    if _STREAM_ID.fullmatch(stream_id):
+        return stream_id
+    if not stream_id:
+        raise BadInput(Reason.BAD_KEY, "stream id is empty")
+    if len(stream_id) > STREAM_ID_MAX_LENGTH:
+        raise BadInput(Reason.BAD_KEY, f"stream id is {len(stream_id)} characters long, the limit is "
+                                       f"{STREAM_ID_MAX_LENGTH}")
+    bad = next(c for c in stream_id if not _STREAM_ID.fullmatch(c))
+    raise BadInput(Reason.BAD_KEY, f"stream id contains {bad!r}; allowed characters: {STREAM_ID_CHARACTERS}")
+
+
 def parse_key(key: bytes | None) -> str:
     if not key:
         raise BadInput(Reason.BAD_KEY, "message key (stream id) is empty")
+    if len(key) > STREAM_ID_MAX_LENGTH:  # before decoding: a 100 KB key costs nothing to refuse
+        raise BadInput(Reason.BAD_KEY, f"message key is {len(key)} bytes long, the limit is {STREAM_ID_MAX_LENGTH}")
     try:
-        return key.decode("utf-8")
+        return validate_stream_id(key.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise BadInput(Reason.BAD_KEY, "message key is not valid UTF-8") from exc
 
@@ -162,34 +210,79 @@ def _check_riff_length(payload: bytes) -> None:
                            f"RIFF header declares {declared} bytes, the message has {len(payload)}")
 
 
-def _decode_container(payload: bytes, max_samples: int) -> tuple[np.ndarray, int]:
-    _check_riff_length(payload)
+# Containers decode in blocks of this many seconds: a whole song in one message never exists as
+# one decoded array (nor as one array of STFT frames in the framer), only a block at a time.
+CONTAINER_BLOCK_S = 10.0
+
+
+def _mono_block(block: np.ndarray) -> np.ndarray:
+    mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].astype(np.float32)
+    if not np.isfinite(mono).all():
+        raise BadInput(Reason.NON_FINITE_SAMPLES, "audio contains NaN or Inf")
+    return mono
+
+
+def _container_blocks(audio: sf.SoundFile, block_frames: int, max_frames: int) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of an open container, at most ``max_frames`` frames in all.
+
+    The declared length was checked before; this also refuses a file that decodes to more than
+    the limit (a container can lie about its length), at the first block that crosses it.
+    """
+    decoded = 0
     try:
-        with sf.SoundFile(io.BytesIO(payload)) as audio:
-            rate, channels, frames = audio.samplerate, audio.channels, audio.frames
-            _check_rate(rate)
-            if channels > MAX_CHANNELS:
-                raise BadInput(Reason.CORRUPT_CONTAINER, f"{channels} channels")
-            # A container declares its length; a few KB can claim hours of audio. Refuse before
-            # decoding, and read at most the limit + 1 frame in case the declaration lies.
-            if frames * channels > max_samples:
-                raise BadInput(Reason.DECOMPRESSION_BOMB, f"declares {frames} frames x {channels} channels")
-            data = audio.read(frames=max_samples // channels + 1, dtype="float32", always_2d=True)
+        with audio:
+            for block in audio.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+                decoded += block.shape[0]
+                if decoded > max_frames:
+                    raise BadInput(Reason.DECOMPRESSION_BOMB, f"decodes to more than {max_frames} frames")
+                yield _mono_block(block)
     except BadInput:
         raise
     except Exception as exc:  # libsndfile reports corrupt input through several exception types
         raise BadInput(Reason.CORRUPT_CONTAINER, f"soundfile cannot decode it: {exc}") from exc
-    if data.shape[0] * data.shape[1] > max_samples:
-        raise BadInput(Reason.DECOMPRESSION_BOMB, "decodes to more samples than it declares")
-    return data.mean(axis=1, dtype=np.float32), rate
+
+
+def open_container(payload: bytes, max_seconds: float) -> tuple[np.ndarray, Iterator[np.ndarray] | None, int]:
+    """Check a container's header and decode its first block.
+
+    Returns ``(first block, the remaining blocks or None, sample rate)``. The header's declared
+    length is refused before anything is decoded when it exceeds ``max_seconds`` (a few KB can
+    declare hours); the remaining blocks are decoded lazily, as the framer asks for them, and
+    raise :class:`BadInput` themselves.
+    """
+    _check_riff_length(payload)
+    try:
+        audio = sf.SoundFile(io.BytesIO(payload))
+    except Exception as exc:  # libsndfile reports corrupt input through several exception types
+        raise BadInput(Reason.CORRUPT_CONTAINER, f"soundfile cannot decode it: {exc}") from exc
+    rate, channels, frames = audio.samplerate, audio.channels, audio.frames
+    try:
+        _check_rate(rate)
+        if channels > MAX_CHANNELS:
+            raise BadInput(Reason.CORRUPT_CONTAINER, f"{channels} channels")
+        max_frames = int(max_seconds * rate)
+        if frames > max_frames:
+            raise BadInput(Reason.DECOMPRESSION_BOMB,
+                           f"declares {frames / rate:.0f} s of audio, the limit is {max_seconds:.0f} s")
+    except BadInput:
+        audio.close()
+        raise
+    blocks = _container_blocks(audio, max(1, int(CONTAINER_BLOCK_S * rate)), max_frames)
+    first = next(blocks, np.zeros(0, np.float32))
+    following = next(blocks, None)
+    if following is None:
+        return first, None, rate
+    return first, itertools.chain([following], blocks), rate
 
 
 def decode_chunk(key: bytes | None, payload: bytes | None, raw_headers: list[tuple[str, bytes]] | None,
-                 max_bytes: int) -> Chunk:
+                 max_bytes: int, max_decoded_s: float = 1200.0) -> Chunk:
     """Decode one Kafka message into a mono :class:`Chunk`, or raise :class:`BadInput`.
 
-    ``max_bytes`` bounds the payload and, for containers, the decoded size (4 bytes/sample),
-    so that a small compressed message cannot expand without limit.
+    ``max_bytes`` bounds the payload; ``max_decoded_s`` bounds the audio a container may decode
+    to (by duration: a four-minute song is a few MB of Ogg but 40 M decoded samples), so that
+    a small compressed message cannot expand without limit. A container longer than one block
+    (:data:`CONTAINER_BLOCK_S`) carries its remaining blocks undecoded in ``Chunk.more``.
     """
     stream_id = parse_key(key)
     if not payload:
@@ -197,24 +290,25 @@ def decode_chunk(key: bytes | None, payload: bytes | None, raw_headers: list[tup
     if len(payload) > max_bytes:
         raise BadInput(Reason.OVERSIZED, f"{len(payload)} bytes > limit {max_bytes}")
     headers = parse_headers(raw_headers)
+    more = None
     if headers.content_type in PCM_TYPES:
         assert headers.sample_rate is not None
         _check_rate(headers.sample_rate)
         samples, rate = _decode_pcm(payload, headers), headers.sample_rate
+        if PCM_TYPES[headers.content_type].kind == "f" and not np.isfinite(samples).all():
+            raise BadInput(Reason.NON_FINITE_SAMPLES, "audio contains NaN or Inf")
     elif headers.content_type in CONTAINER_TYPES:
-        samples, rate = _decode_container(payload, max_samples=max_bytes // 4)
+        samples, more, rate = open_container(payload, max_decoded_s)
     else:
         raise BadInput(Reason.UNKNOWN_CONTENT_TYPE, f"content-type {headers.content_type!r} is not supported")
-    float_pcm = headers.content_type in PCM_TYPES and PCM_TYPES[headers.content_type].kind == "f"
-    if (float_pcm or headers.content_type in CONTAINER_TYPES) and not np.isfinite(samples).all():
-        raise BadInput(Reason.NON_FINITE_SAMPLES, "audio contains NaN or Inf")
     # Every field is validated above; model_construct skips pydantic's second pass (hot path).
-    return Chunk.model_construct(stream_id=stream_id, headers=headers, samples=samples, sample_rate=rate)
+    return Chunk.model_construct(stream_id=stream_id, headers=headers, samples=samples, sample_rate=rate, more=more)
 
 
 def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | None = None,
-                  channels: int | None = None, eos: bool = False) -> list[tuple[str, bytes]]:
-    """Kafka headers for one chunk, as producers (``streamgenre ingest``) must send them."""
+                  channels: int | None = None, eos: bool = False,
+                  title: str | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers for one chunk, as producers (``streamgenre ingest``, ``relay``) must send them."""
     headers = [("content-type", content_type), ("seq", str(seq)), ("ts", str(ts_ms))]
     if sample_rate is not None:
         headers.append(("sample-rate", str(sample_rate)))
@@ -222,7 +316,12 @@ def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | No
         headers.append(("channels", str(channels)))
     if eos:
         headers.append(("eos", "1"))
+    if title:
+        headers.append(("title", title[:MAX_TITLE_CHARS]))
     return [(name, value.encode()) for name, value in headers]
+
+
+ContentStateName = Literal["music", "speech", "mixed", "silence"]
 
 
 class Prediction(BaseModel):
@@ -234,19 +333,54 @@ class Prediction(BaseModel):
     t_start: float = Field(description="window start, seconds of stream time (the producer's ts clock)")
     t_end: float = Field(description="window end, seconds of stream time")
     ts: int = Field(description="epoch ms of the window end (producer clock)")
-    genre: str
-    confidence: float = Field(ge=0, le=1, description="calibrated probability of `genre` (the top one): the "
-                              "model sidecar's temperature is applied, so among windows at confidence c about "
-                              "a share c is right on held-out data")
+    genre: str | None = Field(description="top genre of this window; null unless state is music")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of the top genre: the model "
+                              "sidecar's temperature is applied, so among held-out windows at confidence c "
+                              "about a share c was right")
     uncertain: bool = Field(False, description="confidence below the daemon's STREAMGENRE_UNCERTAIN_BELOW "
                             "(default 0.5: more likely wrong than right); absent in messages of older daemons")
-    probs: dict[str, float] = Field(description="calibrated probability of every genre")
-    smoothed_genre: str
-    smoothed_probs: dict[str, float]
+    probs: dict[str, float] = Field(description="the genre model's calibrated output, whatever the state")
+    smoothed_genre: str | None = Field(description="genre after smoothing; null unless state is music")
+    smoothed_probs: dict[str, float] = Field(description="smoothed genre probabilities of the music windows so far")
     model_version: str
     latency_ms: float = Field(description="window complete (last audio received) to publish, ms")
+    title: str | None = Field(None, description="now-playing title (chunk header `title`) when the window completed")
     neighbours: list[dict] | None = Field(None, description="top-k catalogue tracks (Redis only, optional)")
+    state: ContentStateName = Field(description="content of the window: music, speech, mixed or silence")
+    state_probs: dict[str, float] = Field(description="probability of each state (they sum to 1)")
+    level_dbfs: float = Field(description="RMS level of the window, dBFS (full-scale sine = -3, floor -120)")
 
+
+class SegmentMessage(BaseModel):
+    """A closed run of windows with one state, genre and title (topic ``genre.segments``,
+    Redis ``{prefix}:{stream}:segments``)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    stream_id: str
+    start: float = Field(description="stream time (s, producer clock) of the first window's start")
+    end: float = Field(description="stream time (s) of the last window's end")
+    duration_s: float
+    state: ContentStateName
+    genre: str | None = Field(description="smoothed genre while music, else null")
+    confidence: float = Field(ge=0, le=1, description="mean probability of the segment's state over its windows")
+    genre_confidence: float | None = Field(None, description="mean smoothed probability of its genre (music only)")
+    title: str | None = Field(None, description="now-playing title (chunk header `title`)")
+    windows: int = Field(ge=1)
+
+
+class StreamAlert(BaseModel):
+    """Dead air or a stream down/up (topic ``genre.alerts``)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    stream_id: str
+    kind: Literal["dead_air_start", "dead_air_end", "stream_down", "stream_up"]
+    at_t: float = Field(description="stream time (s): where the silence began / the last or first audio")
+    silent_s: float = Field(description="seconds of silence (dead air) or without audio (stream down) so far")
+    ts: int = Field(description="epoch ms (producer clock) when the alert was raised")
+    title: str | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
 
 class GenreEvent(BaseModel):
     """A change of the smoothed genre of a stream (topic ``genre.events``)."""
@@ -276,7 +410,8 @@ def rounded_probs(labels: list[str], probs: np.ndarray) -> dict[str, float]:
 
 def write_schemas(directory: Path = SCHEMA_DIR) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    for name, model in (("prediction", Prediction), ("event", GenreEvent)):
+    for name, model in (("prediction", Prediction), ("event", GenreEvent), ("segment", SegmentMessage),
+                        ("alert", StreamAlert)):
         schema = model.model_json_schema(by_alias=True)
         (directory / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
 

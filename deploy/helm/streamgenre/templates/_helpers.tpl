@@ -72,3 +72,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "set secrets.redisUrl.existingSecret or secrets.redisUrl.value" }}
 {{- end }}
 {{- end }}
+
+{{/* The HTTP API's pods: a name of their own, so the daemon's Service, PDB and HPA never select them. */}}
+{{- define "streamgenre.apiSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "streamgenre.name" . }}-api
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "streamgenre.apiLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "streamgenre.apiSelectorLabels" . }}
+app.kubernetes.io/component: api
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
