@@ -103,3 +103,20 @@ def test_streaming_windows_equal_offline_windows(name: str) -> None:
     assert len(windows) == len(offline) > 2
     for window in windows:
         np.testing.assert_allclose(window.logmel, offline[window.window_seq], atol=1e-4)
+
+
+def test_content_level_sees_the_streams_real_level() -> None:
+    """Silence and dBFS are measured on the audio as it arrived, not at the reference level."""
+    from streamgenre.model.content import band_gain
+    from streamgenre.stream.content import level_only_state
+
+    recipe = RECIPES["musicnn"]
+    off = replace(recipe, level_ref_db=None)
+    y = (0.001 * music_like(recipe.window_samples / recipe.sample_rate, recipe.sample_rate)).astype(np.float32)
+    frames = log_mel(y, recipe)
+    gain = level_gain_db(frames, recipe)
+    assert gain > 20.0  # the quiet window is raised for the genre model
+    normalised = level_only_state(window_input(frames, recipe, gain), recipe, band_gain(recipe), -55.0, gain)
+    plain = level_only_state(window_input(frames, off), off, band_gain(off), -55.0)
+    assert normalised.level_dbfs == pytest.approx(plain.level_dbfs, abs=0.05)
+    assert normalised.state == plain.state

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from scipy.optimize import minimize_scalar
 from sklearn.model_selection import GroupKFold
 
 from streamgenre.model.contract import GenreModel, ModelError, calibrate, sidecar_path
-from training.data import DEFAULT_CACHE, DatasetNotFoundError, load_split, stratified_split
+from streamgenre.model.features import median_level_db
+from training.data import DEFAULT_CACHE, DatasetNotFoundError, cached_log_mel, load_split, stratified_split
 from training.fit_head import MINI_ROOT, _fit_logistic, softmax
 
 ECE_BINS = 10
@@ -111,6 +113,27 @@ def held_out_clips(model: GenreModel, data: Path) -> list[Any]:
     return stratified_split(train, (1 - fraction, fraction, 0.0), seed)["valid"]
 
 
+def set_level_reference(model_path: Path, data: Path = MINI_ROOT, max_gain_db: float = 50.0,
+                        cache_dir: Path | None = DEFAULT_CACHE) -> float:
+    """Give a model trained without it the level normalisation: ``level_ref_db`` = the median level
+    of the windows of the mini_train clips it trained on (its held-out part excluded); returns it.
+
+    For models whose training did not normalise the level (the student of 2026-11-29): every
+    window is then presented at the level typical of its training windows.
+    """
+    model = GenreModel(model_path)
+    held = {c.clip_id for c in held_out_clips(model, data)}
+    recipe = replace(model.recipe, level_ref_db=None)
+    frames = [cached_log_mel(c.path, recipe, cache_dir) for c in load_split(data, "mini")["train"]
+              if c.clip_id not in held]
+    reference = median_level_db(frames, recipe, model.hop_frames)
+    path = sidecar_path(model_path)
+    sidecar = json.loads(path.read_text())
+    sidecar["features"].update(level_ref_db=reference, level_max_gain_db=max_gain_db)
+    path.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return reference
+
+
 def calibrate_model(model_path: Path, data: Path = MINI_ROOT, cache_dir: Path | None = DEFAULT_CACHE,
                     write: bool = True) -> dict[str, Any]:
     """Fit the temperature of a trained model on its held-out mini_train clips; store it in the sidecar."""
@@ -142,8 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="ONNX model trained with a held-out part")
     parser.add_argument("--data", type=Path, default=MINI_ROOT, help="gtzan-mini root")
     parser.add_argument("--dry-run", action="store_true", help="print the temperature, leave the sidecar")
+    parser.add_argument("--set-level", action="store_true",
+                        help="first give the sidecar level_ref_db = median level of its training windows")
     args = parser.parse_args(argv)
     try:
+        if args.set_level and not args.dry_run:
+            print(f"level_ref_db = {set_level_reference(args.model, args.data)} dB", file=sys.stderr)
         summary = calibrate_model(args.model, args.data, write=not args.dry_run)
     except (DatasetNotFoundError, FileNotFoundError, ModelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

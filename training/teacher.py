@@ -6,8 +6,8 @@ The shipped model (``model/genre_cnn.onnx``, :mod:`training.convert_musicnn`) ho
 (MSD_musicnn, MTT_musicnn) behind one input, their tag outputs and a baked logistic head. This
 module makes the variants the profiles serve, in this order:
 
-1. **prune**: keep the branches asked for (``msd``, ``mtt`` or both) with
-   :class:`onnx.utils.Extractor`, which keeps exactly the nodes those outputs depend on, so the
+1. **prune**: keep the branches asked for (``msd``, ``mtt`` or both), i.e. only the nodes
+   their outputs depend on (:func:`prune`), so the
    MSD-only graph costs half the convolutions and needs no re-conversion from TensorFlow;
 2. **level normalisation**: the recipe gets ``level_ref_db`` = the median level of the
    mini_train windows (:func:`streamgenre.model.features.level_db`), the training set's own
@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx.utils
 from onnx import TensorProto, helper, numpy_helper
 
 from streamgenre.model.contract import ModelError, build_sidecar, load_spec, make_session, run_batched
@@ -55,19 +54,33 @@ DEFAULT_MAX_GAIN_DB = 50.0
 
 
 def prune(source: onnx.ModelProto, branches: Sequence[str]) -> onnx.ModelProto:
-    """The tagger graph of ``branches`` only: outputs ``embedding`` then ``<branch>_tags``, no head."""
+    """The tagger graph of ``branches`` only: outputs ``embedding`` then ``<branch>_tags``, no head.
+
+    Keeps exactly the nodes (and weights) the wanted outputs depend on, walking the graph
+    backwards from them. Hand-written rather than :class:`onnx.utils.Extractor` because that one
+    needs every kept tensor in the shape-inferred value infos, and tf2onnx's reshapes leave the
+    penultimate layers without them.
+    """
     unknown = set(branches) - set(EMBEDDING_TENSORS)
     if unknown or not branches:
         raise ValueError(f"branches must be among {sorted(EMBEDDING_TENSORS)}, got {list(branches)}")
-    outputs = [EMBEDDING_TENSORS[b] for b in branches] + [f"{b}_tags" for b in branches]
-    model = onnx.utils.Extractor(source).extract_model(["logmel"], outputs)
-    graph = model.graph
-    graph.node.append(helper.make_node("Concat", [EMBEDDING_TENSORS[b] for b in branches], ["embedding"], axis=1,
-                                       name="embedding_concat"))
-    tags = [o for o in graph.output if o.name.endswith("_tags")]
-    del graph.output[:]
-    width = 200 * len(branches)
-    graph.output.extend([helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", width]), *tags])
+    graph = source.graph
+    tags = [f"{b}_tags" for b in branches]
+    needed = {EMBEDDING_TENSORS[b] for b in branches} | set(tags)
+    kept = []
+    for node in reversed(graph.node):
+        if needed & set(node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    kept.reverse()
+    kept.append(helper.make_node("Concat", [EMBEDDING_TENSORS[b] for b in branches], ["embedding"], axis=1,
+                                 name="embedding_concat"))
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 200 * len(branches)])]
+    outputs += [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["N", 50]) for t in tags]
+    pruned = helper.make_graph(kept, f"musicnn_{'_'.join(branches)}", list(graph.input), outputs,
+                               [i for i in graph.initializer if i.name in needed])
+    model = helper.make_model(pruned, opset_imports=list(source.opset_import), producer_name="training.teacher")
+    model.ir_version = source.ir_version
     return model
 
 
@@ -136,8 +149,8 @@ def build(source: Path, out: Path, branches: Sequence[str], data: Path = MINI_RO
         recipe, list(GTZAN_GENRES), hop_frames, 200 * len(branches),
         version or f"musicnn-{name}-head-level-2",
         temperature=temperature["temperature"],
-        description=(f"musicnn tagger(s) {name} (Pons & Serra, ISC licence; pruned from model/genre_cnn.onnx with "
-                     f"onnx.utils.Extractor) with a logistic genre head on their tag probabilities. Outputs: "
+        description=(f"musicnn tagger(s) {name} (Pons & Serra, ISC licence; pruned from model/genre_cnn.onnx) "
+                     f"with a logistic genre head on their tag probabilities. Outputs: "
                      f"probs (10 genres, before the sidecar's temperature), embedding (penultimate layer per "
                      f"branch, 200 each), {', '.join(tag_names)}."),
         trained_on=("Taggers: musicnn's published checkpoints (not retrained). Head and temperature: gtzan-mini "

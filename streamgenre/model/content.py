@@ -22,7 +22,7 @@ the model's three probabilities share what is left, so the four always sum to on
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,11 @@ def mel_power(logmel: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     if recipe.log == "log10_1p":
         return np.maximum((np.power(np.float32(10.0), logged) - 1.0) / np.float32(recipe.log_scale), 0.0)
     return np.power(np.float32(10.0), logged / np.float32(10.0)) * np.float32(max(recipe.amin, recipe.ref))
+
+
+def without_level(recipe: FeatureRecipe) -> FeatureRecipe:
+    """``recipe`` without its level normalisation (the content statistics do not depend on it)."""
+    return replace(recipe, level_ref_db=None, level_max_gain_db=FeatureRecipe.level_max_gain_db)
 
 
 def band_gain(recipe: FeatureRecipe) -> np.ndarray:
@@ -167,16 +172,21 @@ class ContentModel:
         self._gain: np.ndarray | None = None
 
     def check_recipe(self, recipe: FeatureRecipe) -> None:
-        """The statistics are only meaningful on the front end the regression was fitted on."""
-        if FeatureRecipe.from_dict(self.features) != recipe:
+        """The statistics are only meaningful on the front end the regression was fitted on.
+
+        The level normalisation is left out of the comparison: the statistics are level-free and
+        :meth:`classify` undoes the window's gain before measuring the level.
+        """
+        if without_level(FeatureRecipe.from_dict(self.features)) != without_level(recipe):
             raise ContentModelError("content model was trained on another feature recipe than the genre model's")
         self._gain = band_gain(recipe)
 
-    def classify(self, logmel: np.ndarray, recipe: FeatureRecipe) -> ContentState:
+    def classify(self, logmel: np.ndarray, recipe: FeatureRecipe, level_gain_db: float = 0.0) -> ContentState:
+        """``level_gain_db``: the level normalisation's gain in ``logmel`` (``Window.level_gain_db``)."""
         if self._gain is None:
             self.check_recipe(recipe)
         assert self._gain is not None
-        power = mel_power(logmel, recipe)
+        power = mel_power(logmel, recipe) * np.float32(10.0 ** (-level_gain_db / 10.0))
         level = level_of(power, self._gain)
         p_silence = 1.0 / (1.0 + np.exp((level - self.silence_dbfs) / (self.silence_ramp_db / 4.0)))
         if p_silence > 0.999:  # nothing audible to classify; also skips the statistics' cost

@@ -356,11 +356,14 @@ def apply_gain(log_frames: np.ndarray, gain_db: float, recipe: FeatureRecipe) ->
     return np.where(log_frames > floor, shifted, floor)
 
 
-def window_input(log_frames: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+def window_input(log_frames: np.ndarray, recipe: FeatureRecipe, gain_db: float | None = None) -> np.ndarray:
     """Turn a ``(n_mels, n_frames)`` slice of compressed frames into one model input.
 
     Applies ``top_db`` (relative to this window's maximum, as ``librosa.power_to_db`` does)
     and the sidecar's normalisation. Returns float32 ``(1, n_mels, n_frames)``.
+
+    ``gain_db``: the window's :func:`level_gain_db` when the caller already has it (the framer
+    keeps it so that level-based stages can undo it); computed here otherwise.
 
     Order: the level normalisation first (it is a gain on the mel power, so ``top_db``, relative
     to the window's maximum, and the per-band statistics see the window at the reference level,
@@ -369,7 +372,8 @@ def window_input(log_frames: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     if log_frames.shape != (recipe.n_mels, recipe.n_frames):
         raise ValueError(f"expected ({recipe.n_mels}, {recipe.n_frames}) frames, got {log_frames.shape}")
     if recipe.level_ref_db is not None:
-        log_frames = apply_gain(log_frames, level_gain_db(log_frames, recipe), recipe)
+        gain = level_gain_db(log_frames, recipe) if gain_db is None else gain_db
+        log_frames = apply_gain(log_frames, gain, recipe)
     if recipe.log == "power_to_db" and recipe.top_db is not None:
         out = np.maximum(log_frames, log_frames.max() - np.float32(recipe.top_db), dtype=np.float32)
     else:

@@ -33,9 +33,13 @@ from streamgenre.stream.wire import StreamAlert, encode_json
 log = logging.getLogger(__name__)
 
 
-def level_only_state(logmel: np.ndarray, recipe: FeatureRecipe, gain: np.ndarray, silence_dbfs: float) -> ContentState:
-    """Without a content model: silence by level, every audible window music (the old assumption)."""
-    level = level_of(mel_power(logmel, recipe), gain)
+def level_only_state(logmel: np.ndarray, recipe: FeatureRecipe, gain: np.ndarray, silence_dbfs: float,
+                     level_gain_db: float = 0.0) -> ContentState:
+    """Without a content model: silence by level, every audible window music (the old assumption).
+
+    ``level_gain_db`` (the window's level normalisation, ``Window.level_gain_db``) is undone first.
+    """
+    level = level_of(mel_power(logmel, recipe), gain) - level_gain_db
     silent = level < silence_dbfs
     probs = {name: 0.0 for name in MODEL_CLASSES} | {"music": 0.0 if silent else 1.0, "silence": 1.0 if silent else 0.0}
     return ContentState("silence" if silent else "music", probs, round(level, 2))
@@ -75,10 +79,11 @@ class ContentStage:
         self.down: dict[str, float] = {}  # stream -> stream time of its last audio
         self._not_music_since: dict[str, float] = {}
 
-    def classify(self, logmel: np.ndarray) -> ContentState:
+    def classify(self, logmel: np.ndarray, level_gain_db: float = 0.0) -> ContentState:
+        """State of a window; ``level_gain_db`` is its level normalisation (``Window.level_gain_db``)."""
         if self.model is None:
-            return level_only_state(logmel, self.recipe, self._gain, self.settings.silence_dbfs)
-        return self.model.classify(logmel, self.recipe)
+            return level_only_state(logmel, self.recipe, self._gain, self.settings.silence_dbfs, level_gain_db)
+        return self.model.classify(logmel, self.recipe, level_gain_db)
 
     def new_programme(self, stream_id: str, state: str, t_start: float) -> bool:
         """True when this music window follows at least ``segment_min_s`` of non-music: the

@@ -249,7 +249,7 @@ class Pipeline:
         contract; ``tests/test_e2e.py`` validates every published message against it.
         """
         labels = self.model.labels
-        content = self.content.classify(window.logmel)
+        content = self.content.classify(window.logmel, window.level_gain_db)
         new_programme = self.content.new_programme(window.stream_id, content.state, window.t_start)
         smoother = self.smoothers.get(window.stream_id)
         if smoother is None or new_programme:

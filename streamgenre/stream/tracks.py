@@ -40,7 +40,7 @@ class Neighbours(Protocol):
 class ContentClassifier(Protocol):
     """The daemon's content stage (:class:`streamgenre.stream.content.ContentStage`)."""
 
-    def classify(self, logmel: np.ndarray) -> ContentState: ...
+    def classify(self, logmel: np.ndarray, level_gain_db: float = 0.0) -> ContentState: ...
 
 
 def aligned_anchor_ms(stream_id: str, recipe_rate: int, hop_samples: int) -> int:
@@ -158,7 +158,7 @@ class TrackClassifier:
         states = None
         if self.content is not None:  # in the caller's thread: the inference thread stays on the model
             states = [{"state": c.state, "state_probs": c.probs, "level_dbfs": c.level_dbfs}
-                      for c in (self.content.classify(w.logmel) for w in windows)]
+                      for c in (self.content.classify(w.logmel, w.level_gain_db) for w in windows)]
         result = summarise(self.model.labels, probs, [w.t_start - origin for w in windows],
                            [w.t_end - origin for w in windows], states)
         result["windows"] = len(windows)
