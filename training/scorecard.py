@@ -82,14 +82,23 @@ def clip_windows_at_gain(model: GenreModel, clip: Clip, gain_db: float, cache_di
                                window_starts(frames.shape[1], model.recipe.n_frames, model.hop_frames))
 
 
-def score_clips(model: GenreModel, clips: Sequence[Clip], gain_db: float, cache_dir: Path | None, desc: str
-                ) -> dict[str, Any]:
-    """Accuracy, macro F1, confusion and ECE (served and raw probabilities) over ``clips``."""
+def score_clips(model: GenreModel, clips: Sequence[Clip], gain_db: float, cache_dir: Path | None, desc: str,
+                unreadable: list[str]) -> dict[str, Any]:
+    """Accuracy, macro F1, confusion and ECE (served and raw probabilities) over ``clips``.
+
+    A clip that fails to decode is skipped with a warning and added to ``unreadable``.
+    """
     index = {label: i for i, label in enumerate(model.labels)}
     raw, window_true, clip_true, clip_probs = [], [], [], []
     for clip in tqdm(clips, desc=desc, unit="clip"):
-        probs, _ = model.predict(clip_windows_at_gain(model, clip, gain_db, cache_dir), batch_size=32,
-                                 calibrated=False)
+        try:
+            windows = clip_windows_at_gain(model, clip, gain_db, cache_dir)
+        except (sf.LibsndfileError, OSError, RuntimeError, ValueError) as err:
+            warnings.warn(f"skipping {clip.path}: does not decode ({err})", stacklevel=1)
+            if str(clip.path) not in unreadable:
+                unreadable.append(str(clip.path))
+            continue
+        probs, _ = model.predict(windows, batch_size=32, calibrated=False)
         if len(probs) == 0:
             continue
         raw.append(probs)
@@ -167,15 +176,22 @@ def cost(model: GenreModel, batch: int, seconds: float, reference: bool) -> dict
     return figures
 
 
+STAGES = ("mini", "levels", "examples", "cost")
+
+
 def scorecard(model_path: Path, name: str, data: Path = MINI_ROOT, examples: Path = EXAMPLES_ROOT,
               gains_db: Sequence[float] = DEFAULT_GAINS_DB, batch: int = 16, seconds: float = 5.0,
-              reference: bool = False, cache_dir: Path | None = DEFAULT_CACHE, report_root: Path = REPORT_ROOT
-              ) -> dict[str, Any]:
-    """Measure one model; write ``<report_root>/<name>/report.json`` and ``confusion.png``."""
+              reference: bool = False, cache_dir: Path | None = DEFAULT_CACHE, report_root: Path = REPORT_ROOT,
+              stages: Sequence[str] = STAGES) -> dict[str, Any]:
+    """Measure one model; write ``<report_root>/<name>/report.json`` and ``confusion.png``.
+
+    ``stages`` other than all of :data:`STAGES` only print (a partial report is not written).
+    """
     model = GenreModel(model_path, threads=1)
-    splits, unreadable = drop_unreadable(load_split(data, "mini"))
-    for clip_id in unreadable:
-        warnings.warn(f"skipping {clip_id}: does not decode", stacklevel=1)
+    splits, dropped = drop_unreadable(load_split(data, "mini"))
+    unreadable_files = [str(data / clip_id) for clip_id in dropped]
+    for path in unreadable_files:
+        warnings.warn(f"skipping {path}: does not decode", stacklevel=1)
     test = splits["test"]
     result: dict[str, Any] = {
         "name": name,
@@ -185,21 +201,26 @@ def scorecard(model_path: Path, name: str, data: Path = MINI_ROOT, examples: Pat
         "temperature": model.spec.temperature,
         "level_normalisation": {"level_ref_db": model.recipe.level_ref_db,
                                 "level_max_gain_db": model.recipe.level_max_gain_db},
-        "mini_test": score_clips(model, test, 0.0, cache_dir, "gtzan-mini test"),
     }
+    if "mini" in stages:
+        result["mini_test"] = score_clips(model, test, 0.0, cache_dir, "gtzan-mini test", unreadable_files)
     result["levels"] = {
         f"{gain:+.0f} dB": {k: v for k, v in score_clips(model, test, gain, cache_dir,
-                                                         f"gtzan-mini test at {gain:+.0f} dB").items()
+                                                         f"gtzan-mini test at {gain:+.0f} dB",
+                                                         unreadable_files).items()
                             if k in ("clip_accuracy", "window_accuracy", "macro_f1", "ece")}
-        for gain in gains_db
+        for gain in (gains_db if "levels" in stages else ())
     }
-    unreadable_files = [str(c) for c in unreadable]
-    result["examples"] = example_tracks(model, examples, unreadable_files) if examples.is_dir() else []
-    result["cost"] = cost(model, batch, seconds, reference)
+    if "examples" in stages:
+        result["examples"] = example_tracks(model, examples, unreadable_files) if examples.is_dir() else []
+    if "cost" in stages:
+        result["cost"] = cost(model, batch, seconds, reference)
     result["unreadable"] = {"count": len(unreadable_files), "files": unreadable_files}
     result["host"] = host()
     result["command"] = " ".join(["python -m training.scorecard", *sys.argv[1:]])
     result["measured_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if set(stages) != set(STAGES):
+        return result
     out = report_root / name
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -248,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per cost measurement")
     parser.add_argument("--reference", action="store_true", help="also time the paper CNN (needs torch)")
     parser.add_argument("--report-root", type=Path, default=REPORT_ROOT)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="a subset only prints its figures (no report is written)")
     parser.add_argument("--table", action="store_true", help="print the model card table and exit")
     args = parser.parse_args(argv)
     if args.table:
@@ -258,10 +281,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.name or (args.model.stem if args.model.parent.name == "model" else args.model.parent.name)
     try:
         result = scorecard(args.model, name, args.data, args.examples, args.gains, args.batch, args.seconds,
-                           args.reference, report_root=args.report_root)
+                           args.reference, report_root=args.report_root, stages=args.stages)
     except (DatasetNotFoundError, FileNotFoundError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if set(args.stages) != set(STAGES):
+        print(json.dumps({k: result.get(k) for k in ("mini_test", "levels", "examples", "cost")}, indent=1))
+        return 0
     mini = result["mini_test"]
     print(f"{name}: clip {_pct(mini['clip_accuracy'])}, window {_pct(mini['window_accuracy'])}, "
           f"macro F1 {mini['macro_f1']:.3f}, ECE {mini['ece_uncalibrated']:.3f} -> {mini['ece']:.3f}, "
