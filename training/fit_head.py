@@ -28,7 +28,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
-from streamgenre.model.contract import GenreModel, run_batched
+from streamgenre.model.contract import GenreModel, calibrate, run_batched
 from streamgenre.model.features import FeatureRecipe, clip_windows
 from training.data import GTZAN_GENRES, Clip, load_split, read_audio
 from training.musicnn_tags import MSD_TAGS, MTT_TAGS, normalised_scores, zero_shot_scores
@@ -258,13 +258,14 @@ def evaluate_shipped(model_path: Path = MODEL_PATH, data_root: Path = MINI_ROOT,
     """Metrics of the shipped model's ``probs`` on gtzan-mini test (the reported figures).
 
     Windows are cut with the model's own sidecar recipe (level normalisation included), through
-    the one loader that checks it.
+    the one loader that checks it; probabilities are the served ones (sidecar temperature), whose
+    clip means decide the clip, as in :mod:`training.scorecard`.
     """
     model = GenreModel(Path(model_path), threads)
     test = load_split(data_root, "mini")["test"]
     windows, owner = split_windows(test, model.recipe, model.hop_frames)
     split = model_outputs(model.session, test, ["probs"], windows, owner)
-    return classification_metrics(split.outputs["probs"], split)
+    return classification_metrics(calibrate(split.outputs["probs"], model.spec.temperature), split)
 
 
 def top_tags(values: np.ndarray, names: Sequence[str], k: int = 3) -> list[list[Any]]:
