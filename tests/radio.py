@@ -15,7 +15,9 @@ import base64
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -248,3 +250,18 @@ def _stop(process: subprocess.Popen | None, kill: bool = False) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+if __name__ == "__main__":
+    # A station to try the relay against by hand: python -m tests.radio (Ctrl-C or SIGTERM stops it).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit runs the finally below
+    station = RadioStation(default_programme(Path(__file__).resolve().parents[2] / "shared" / "data" / "examples"))
+    station.start()
+    print(station.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        station.stop()

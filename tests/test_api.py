@@ -130,11 +130,14 @@ def test_errors_are_4xx_with_a_reason_and_nothing_sensitive_is_logged(
         (AUTH, flac_claiming(3 * 3600), 413, "decompression_bomb"),
         (AUTH, b"this is not audio at all" * 10, 422, "corrupt_container"),
         (AUTH, b"", 422, "empty_payload"),
-        (AUTH, encode("wav", seconds=0.5), 422, "too_short"),
+        (AUTH, encode("wav", seconds=0.0), 422, "no_audio"),
     ]
     for headers, body, status, reason in cases:
         response = httpx.post(f"{base}/v1/classify", content=body, headers=headers, timeout=60)
         assert (response.status_code, response.json()["reason"]) == (status, reason), response.text
+    # Shorter than a window: one window of its own audio, as the daemon gives an ended short stream.
+    short = httpx.post(f"{base}/v1/classify", content=encode("wav", seconds=0.5), headers=AUTH, timeout=60).json()
+    assert short["windows"] == 1 and short["timeline"][0]["t_end"] == pytest.approx(0.5, abs=0.01)
     assert httpx.get(f"{base}/v1/streams/x", timeout=10).status_code == 401
     assert httpx.get(f"{base}/v1/jobs/{uuid.uuid4().hex}", headers=AUTH, timeout=10).status_code == 404
     assert httpx.get(f"{base}/v1/jobs/not-a-job", headers=AUTH, timeout=10).json()["reason"] == "invalid_request"

@@ -16,7 +16,7 @@ from streamgenre.model.contract import GenreModel, load_spec
 from streamgenre.model.features import clip_windows
 from streamgenre.stream.framing import expected_windows, grid_phase
 from streamgenre.stream.metrics import Metrics
-from streamgenre.stream.tracks import TRACK_STREAM_ID, TrackClassifier, aligned_anchor_ms
+from streamgenre.stream.tracks import TRACK_STREAM_ID, TrackClassifier, aligned_anchor_ms, summarise
 from tests.audio import tone_mix
 from tests.modelgen import TEST_RECIPE
 
@@ -120,7 +120,38 @@ def test_expected_windows_and_the_aligned_anchor() -> None:
     ts = aligned_anchor_ms(TRACK_STREAM_ID, rate, hop)
     assert ts * rate // 1000 == grid_phase(TRACK_STREAM_ID, hop, rate)
     window = TEST_RECIPE.window_samples
-    assert expected_windows(TRACK_STREAM_ID, ts, window - 1, rate, TEST_RECIPE, hop_frames) == 0
+    assert expected_windows(TRACK_STREAM_ID, ts, 0, rate, TEST_RECIPE, hop_frames) == 0
+    assert expected_windows(TRACK_STREAM_ID, ts, window - 1, rate, TEST_RECIPE, hop_frames) == 1  # short window
     assert expected_windows(TRACK_STREAM_ID, ts, window, rate, TEST_RECIPE, hop_frames) == 1
     assert expected_windows(TRACK_STREAM_ID, ts, window + hop, rate, TEST_RECIPE, hop_frames) == 2
     assert expected_windows(TRACK_STREAM_ID, ts, 2 * (window + hop), 2 * rate, TEST_RECIPE, hop_frames) == 2
+
+
+def test_summarise_takes_genre_from_music_windows_only() -> None:
+    labels = ["a", "b"]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]], np.float32)
+    music, speech = {"state": "music", "state_probs": {}, "level_dbfs": -20.0}, {"state": "speech"}
+    result = summarise(labels, probs, [0.0, 3.0, 6.0], [3.0, 6.0, 9.0], [speech, music, music])
+    assert result["genre"] == "b" and result["probabilities"] == pytest.approx({"a": 0.25, "b": 0.75})
+    assert result["states"] == {"music": 0.6667, "speech": 0.3333}
+    assert [w["genre"] for w in result["timeline"]] == [None, "b", "b"]
+    assert result["timeline"][1]["level_dbfs"] == -20.0
+    silent = summarise(labels, probs[:1], [0.0], [3.0], [{"state": "silence"}])
+    assert silent["genre"] is None and silent["probabilities"] is None and silent["states"] == {"silence": 1.0}
+    assert summarise(labels, probs[:1], [0.0], [3.0])["genre"] == "a"  # no states known: every window counts
+
+
+def test_job_state_is_pending_until_every_window_and_counts_replays_once() -> None:
+    from streamgenre.apps.jobs import job_state
+
+    record = {"job_id": "j", "ts_ms": 1000, "duration_s": 7.0, "windows_expected": 2}
+
+    def prediction(seq: int) -> dict:
+        return {"window_seq": seq, "t_start": 1.0 + 3 * seq, "t_end": 4.0 + 3 * seq, "probs": {"a": 0.8, "b": 0.2},
+                "model_version": "m", "state": "music", "state_probs": {"music": 1.0}, "level_dbfs": -20.0}
+
+    pending = job_state(record, [prediction(0), prediction(0)])  # a replay repeated window 0
+    assert (pending["status"], pending["windows_done"], pending["result"]) == ("pending", 1, None)
+    done = job_state(record, [prediction(0), prediction(1), prediction(0)])
+    assert done["status"] == "done" and done["result"]["genre"] == "a" and done["result"]["windows"] == 2
+    assert [w["t_start"] for w in done["result"]["timeline"]] == [0.0, 3.0]  # from the start of the upload

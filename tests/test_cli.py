@@ -46,6 +46,9 @@ def test_bad_path_is_a_clear_error() -> None:
     (["similar", "x.wav", "--catalog", "c", "-k", "0"], "streamgenre similar: error: -k must be at least 1, got 0"),
     (["similar", "/nonexistent.wav", "--catalog", "c"], "streamgenre similar: error: no such audio file"),
     (["index", "/nonexistent", "--out", "{tmp}/c"], "streamgenre index: error: no such file or folder"),
+    (["classify", "{tmp}", "--workers", "0"], "streamgenre classify: error: --workers must be at least 1"),
+    (["report", "--stream-id", "sgtest-never-seen", "--out", "{tmp}/r"],
+     "streamgenre report: error: no segments or windows for stream 'sgtest-never-seen'"),
 ])
 def test_every_command_reports_user_errors_as_one_line_and_exit_2(argv: list[str], message: str,
                                                                   tmp_path: Path) -> None:

@@ -87,13 +87,21 @@ def bad_inputs(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("kind", ["text", "empty", "refused", "unresolvable"])
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("text", "ffmpeg: Invalid data found when processing input"),
+    ("empty", "empty file (0 bytes)"),
+    ("refused", "cannot connect (connect): [Errno 111] Connection refused"),
+    ("unresolvable", "cannot connect (dns): "),
+])
 def test_ingest_of_an_input_without_audio_fails(broker: DevBroker, settings: Settings,
-                                                bad_inputs: dict[str, str], kind: str) -> None:
-    result = streamgenre("ingest", bad_inputs[kind], "--stream-id", f"bad-{kind}", "--speed", "0",
+                                                bad_inputs: dict[str, str], kind: str, reason: str) -> None:
+    # --speed is for files: a live URL is relayed as it arrives (and refused with the option).
+    speed = [] if kind in ("refused", "unresolvable") else ["--speed", "0"]
+    result = streamgenre("ingest", bad_inputs[kind], "--stream-id", f"bad-{kind}", *speed,
                          env=_env(settings), timeout=60)
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert f"error: {bad_inputs[kind]}: " in result.stderr and "no audio published" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"streamgenre ingest: error: {bad_inputs[kind]}: {reason}"), lines
     _no_traceback(result.stderr)
     assert read_topic(broker.bootstrap, settings.input_topic, expected=0, timeout_s=1) == []
 
@@ -105,9 +113,9 @@ def test_several_inputs_report_each_and_the_stream_still_ends(broker: DevBroker,
     sf.write(good, tone_mix(1.0, 16000, 1, seed=2), 16000)
     result = streamgenre("ingest", str(good), bad_inputs["text"], "--stream-id", "mixed", "--speed", "0",
                          "--chunk-s", "0.25", env=_env(settings), timeout=60)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 1, result.stderr  # 1: some inputs failed (cli.py's exit codes)
     assert f"{good}: read 1.00 s of audio (4 chunks)" in result.stdout
-    assert f"error: {bad_inputs['text']}: " in result.stderr and "1 of 2 inputs failed" in result.stdout
+    assert f"error: {bad_inputs['text']}: " in result.stderr and "1 of 2 inputs gave no audio" in result.stderr
     messages = read_topic(broker.bootstrap, settings.input_topic, expected=4)
     assert len(messages) == 4
     # The failing last input must not leave the stream open: the last good chunk carries eos.
@@ -339,6 +347,10 @@ def test_the_demo_uses_its_own_prefix_and_cleans_up(test_model: Path, tmp_path: 
     assert len(announced) == 1, result.stdout
     prefix = announced[0].split()[3].removesuffix(":*")
     assert prefix.startswith("streamgenre-demo-")
+    # Issue 17.9: each slow start-up step is announced before it runs.
+    steps = [result.stdout.index(step) for step in ("starting the broker", "broker (tansu) on",
+                                                    "starting the daemon", "daemon up")]
+    assert steps == sorted(steps), result.stdout
     assert "demo-clip" in result.stdout  # the timeline shows the stream
     assert "deleted " in result.stdout
     client = redis.Redis.from_url(REDIS_URL)
@@ -363,3 +375,34 @@ def test_a_broker_on_a_busy_port_is_one_line_and_exit_2() -> None:
     assert result.returncode == 2 and "listening" not in result.stdout
     assert result.stderr.strip().splitlines() == [
         f"streamgenre broker: error: port {port} on 127.0.0.1 is in use (another broker?); choose another with --port"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", [["relay", "{stations}"], ["serve", "--host", "127.0.0.1", "--port", "{port}"]])
+def test_servers_on_a_busy_port_are_one_line_and_exit_2(settings: Settings, test_model: Path, tmp_path: Path,
+                                                         command: list[str]) -> None:
+    stations = tmp_path / "stations.yaml"
+    stations.write_text("stations:\n  - id: fm-1\n    url: http://127.0.0.1:1/live.mp3\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = streamgenre(*[part.format(stations=stations, port=port) for part in command], timeout=60,
+                             env={**_env(settings), "STREAMGENRE_MODEL_PATH": str(test_model),
+                                  "STREAMGENRE_METRICS_HOST": "127.0.0.1", "STREAMGENRE_RELAY_METRICS_PORT": str(port)})
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "rror" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"streamgenre {command[0]}: error: cannot ") \
+        and f"127.0.0.1:{port}: Address already in use" in errors[0], result.stderr
+    _no_traceback(result.stderr)
+
+
+def test_the_two_latency_metrics_say_what_they_measure() -> None:
+    """Issue 17.13: e2e sat in its lowest bucket for uploads while window latency was seconds."""
+    from streamgenre.stream.metrics import Metrics
+
+    page = Metrics().exposition().decode()
+    helps = {line.split()[2]: line for line in page.splitlines() if line.startswith("# HELP")}
+    assert "received (daemon clock)" in helps["streamgenre_window_latency_seconds"]
+    e2e = helps["streamgenre_e2e_latency_seconds"]
+    assert "producer ts" in e2e and "faster than real time" in e2e and "observed as 0" in e2e

@@ -23,7 +23,7 @@ from streamgenre.stream.daemon import Daemon, _Item
 from streamgenre.stream.framing import grid_phase
 from streamgenre.stream.metrics import Metrics
 from streamgenre.stream.pipeline import Pipeline
-from streamgenre.stream.sinks import OutMessage, SinkError
+from streamgenre.stream.sinks import KafkaSink, OutMessage, SinkError
 from streamgenre.stream.source import Record
 from tests.audio import chunked_stream, tone_mix
 from tests.modelgen import TEST_RECIPE
@@ -244,3 +244,49 @@ def test_shutdown_barrier_commits_what_was_acknowledged_and_releases_only_what_e
     assert outputs.acked == outputs.sent
     assert daemon._worker_stop.is_set()
 
+
+
+class FakeFuture:
+    """What KafkaSink reads of kafka-python's FutureRecordMetadata."""
+
+    def __init__(self, ok: bool) -> None:
+        self.is_done, self.ok = True, ok
+
+    def failed(self) -> bool:
+        return not self.ok
+
+    def succeeded(self) -> bool:
+        return self.ok
+
+
+class FakeProducer:
+    """A producer whose sends fail for the values in ``failing``."""
+
+    def __init__(self, failing: set[bytes]) -> None:
+        self.failing = failing
+        self.sent: list[bytes] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: object) -> FakeFuture:
+        self.sent.append(value)
+        return FakeFuture(value not in self.failing)
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+    def close(self, timeout: float) -> None:
+        pass
+
+
+def test_a_failed_send_holds_the_acknowledged_count_until_it_is_resent(settings: Settings) -> None:
+    """KafkaSink's side of the rule: what was sent after a failed message is not acknowledged
+    before it, and the sink resends it on a fresh producer."""
+    producers = [FakeProducer({b"b"}), FakeProducer({b"b"}), FakeProducer({b"b"}), FakeProducer(set())]
+    sink = KafkaSink(settings)
+    sink._connect = lambda: producers.pop(0)  # type: ignore[method-assign]
+    for value in (b"a", b"b", b"c"):
+        sink.send(OutMessage("out", None, value))
+    with pytest.raises(SinkError):
+        sink.acknowledged()  # "b" failed on the first producer and again on the resend
+    assert sink.sent == 3 and sink._acknowledged == 1, "only 'a', before the failure, counts"
+    assert sink.acknowledged() == 3  # the next producer takes "b": now everything is acknowledged
+    assert producers == []

@@ -107,8 +107,8 @@ def test_streaming_windows_equal_offline_windows(name: str) -> None:
 
 def test_content_level_sees_the_streams_real_level() -> None:
     """Silence and dBFS are measured on the audio as it arrived, not at the reference level."""
-    from streamgenre.model.content import band_gain
-    from streamgenre.stream.content import level_only_state
+    from streamgenre.model.content import group_matrix
+    from streamgenre.stream.content import level_only_states
 
     recipe = RECIPES["musicnn"]
     off = replace(recipe, level_ref_db=None)
@@ -116,7 +116,8 @@ def test_content_level_sees_the_streams_real_level() -> None:
     frames = log_mel(y, recipe)
     gain = level_gain_db(frames, recipe)
     assert gain > 20.0  # the quiet window is raised for the genre model
-    normalised = level_only_state(window_input(frames, recipe, gain), recipe, band_gain(recipe), -55.0, gain)
-    plain = level_only_state(window_input(frames, off), off, band_gain(off), -55.0)
+    (normalised,) = level_only_states(window_input(frames, recipe, gain)[None], recipe, group_matrix(recipe), -55.0,
+                                      np.array([gain]))
+    (plain,) = level_only_states(window_input(frames, off)[None], off, group_matrix(off), -55.0)
     assert normalised.level_dbfs == pytest.approx(plain.level_dbfs, abs=0.05)
     assert normalised.state == plain.state

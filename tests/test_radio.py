@@ -25,11 +25,11 @@ import pytest
 import redis
 
 from streamgenre.apps import cli
-from streamgenre.apps.devbroker import free_port
+from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.apps.radio import Station
 from streamgenre.apps.relay import Relay, RelayMetrics
 from streamgenre.config import Settings
-from tests.conftest import REDIS_URL, SHARED, read_topic, running_daemon
+from tests.conftest import REDIS_URL, SHARED, isolated_settings, read_topic, running_daemon
 from tests.radio import RadioStation, default_programme, require
 
 EXAMPLES = SHARED / "data" / "examples"
@@ -94,6 +94,7 @@ def test_relay_reconnects_after_icecast_restart_and_timeline_keeps_titles(
         wait_for(lambda: sum(p["t_start"] > restarted_at for p in timeline(settings, "fm-1")) >= 3, 40,
                  "windows of audio aired after the restart")
         page = urllib.request.urlopen(f"http://127.0.0.1:{relaxed.relay_metrics_port}/metrics", timeout=5).read()
+        ready = json.load(urllib.request.urlopen(f"http://127.0.0.1:{relaxed.relay_metrics_port}/readyz", timeout=5))
         assert all(thread.is_alive() for thread in relay._threads), "a station thread died"
         resets = daemon.metrics.window_resets.labels("seq_gap")._value.get()
     windows = timeline(settings, "fm-1")
@@ -104,6 +105,7 @@ def test_relay_reconnects_after_icecast_restart_and_timeline_keeps_titles(
     assert resets >= 1, "the reconnect must reach the daemon as a seq discontinuity"
     assert b'streamgenre_relay_connected{station="fm-1"} 1.0' in page
     assert b'streamgenre_relay_last_audio_age_seconds{station="fm-1"}' in page
+    assert ready == {"ready": True, "broker": "ok", "stations": {"fm-1": "connected"}}
     # The gap: the one place where consecutive windows are not back to back, from about the kill to
     # about the restart (ts runs up to Icecast's burst, ~1.5 s, ahead of the wall clock).
     gaps = sorted(((b["t_start"] - a["t_end"], a, b) for a, b in itertools.pairwise(windows)), key=lambda g: g[0])
@@ -117,7 +119,8 @@ def test_relay_reconnects_after_icecast_restart_and_timeline_keeps_titles(
 
 
 class HostileStation(BaseHTTPRequestHandler):
-    """Streams that break in ways Icecast itself does not: a stall, and a codec change mid-stream."""
+    """Streams that break in ways Icecast itself does not: a stall, a page served as audio, and a
+    codec change mid-stream."""
 
     mp3: bytes = b""
     aac: bytes = b""
@@ -136,6 +139,8 @@ class HostileStation(BaseHTTPRequestHandler):
             self.wfile.write(self.mp3)
             self.wfile.flush()
             self.closing.wait(60)  # connection open, nothing more: only a read timeout notices
+        elif self.path == "/page.mp3":  # an error page under an audio type, then the server hangs up
+            self.wfile.write(b"<html><body>This station has moved. Listen on our new website!</body></html>\n" * 50)
         elif self.path == "/codec-change":
             type(self).codec_requests += 1
             # First connection: mp3, then AAC bytes on the same response (a fallback source of
@@ -183,6 +188,7 @@ def test_bad_stations_are_logged_and_counted_and_cost_the_good_one_nothing(
         "missing": (f"{icecast}/no-such-mount.mp3", "http_status"),
         "webpage": (f"{icecast}/status.xsl", "not_audio"),
         "stall": (f"{hostile_server}/stall.mp3", "stalled"),
+        "page": (f"{hostile_server}/page.mp3", "no_audio"),
         "codec": (f"{hostile_server}/codec-change", "no_audio"),
     }
     stations = [Station("good", station.url)] + [Station(sid, url) for sid, (url, _) in bad.items()]
@@ -223,6 +229,7 @@ def test_cli_refuses_bad_live_inputs_with_one_line(tmp_path: Path, capsys: pytes
     bad_yaml.write_text("stations: [{id: a, url: ftp://x/a.mp3}]\n")
     cases = [
         (["ingest", "http://x/a.mp3", "http://x/b.mp3", "--stream-id", "s"], "one URL per --stream-id"),
+        (["ingest", "http://x/a.mp3", "--stream-id", "s", "--loop"], "are for files"),
         (["relay", str(tmp_path / "missing.yaml")], "missing.yaml"),
         (["relay", str(bad_yaml)], "url must be an http"),
     ]
@@ -252,3 +259,49 @@ def test_ingest_url_relays_a_live_station_with_titles_until_sigterm(settings: Se
     assert {h["content-type"] for h in headers} == {b"audio/pcm;format=s16le"}
     titles = {h["title"].decode() for h in headers if "title" in h}
     assert titles and titles <= {item.title for item in station.programme}
+
+
+@pytest.mark.integration
+def test_check_song_speech_silence_song_segments_titles_dead_air_and_reconnect(
+        broker: DevBroker, redis_prefix: str) -> None:
+    """Issue 18's check: the station airs song -> speech -> silence -> song with ICY titles; with
+    the shipped genre and content models the timeline has music, speech and silence segments in
+    that order with those titles, a dead-air alert, and a reconnect after the server restart."""
+    _need_shared_data()
+    programme = default_programme(EXAMPLES, seconds=15.0, silence_s=12.0)
+    settings = isolated_settings(broker.bootstrap, Settings().model_path, redis_prefix, segment_min_s=5.0,
+                                 dead_air_s=5.0)
+    ensure_topics(settings)
+    radio = RadioStation(programme).start()
+    try:
+        with running_daemon(settings), Relay(relay_settings(settings), [Station("check-fm", radio.url)]) as relay:
+            # One whole cycle from the first complete window, then kill -9 and restart the server.
+            wait_for(lambda: len(timeline(settings, "check-fm")) >= 1, 40, "the first window")
+            first = timeline(settings, "check-fm")[0]["t_start"]
+            wait_for(lambda: timeline(settings, "check-fm")[-1]["t_end"] > first + radio.cycle_s, 90,
+                     "a whole programme cycle")
+            radio.kill_server()
+            time.sleep(2.0)
+            radio.start()
+            restarted_at = time.time()
+            wait_for(lambda: sum(w["t_start"] > restarted_at for w in timeline(settings, "check-fm")) >= 2, 40,
+                     "windows after the restart")
+        reconnects = sample(relay.metrics, "streamgenre_relay_reconnects_total", station="check-fm")
+    finally:
+        radio.stop()
+    client = redis.Redis.from_url(REDIS_URL)
+    segments = [json.loads(f[b"json"]) for _, f in client.xrange(f"{redis_prefix}:check-fm:segments")]
+    story = [(s["state"], s["title"]) for s in segments]
+    titles = {item.kind: item.title for item in programme if item.kind != "music"}
+    expected = [("speech", titles["speech"]), ("silence", titles["silence"])]
+    # The speech and silence items, in that order, each as a segment of its own title, between songs.
+    positions = [story.index(pair) for pair in expected if pair in story]
+    assert len(positions) == 2 and positions == sorted(positions), story
+    songs = [item.title for item in programme if item.kind == "music"]
+    assert story[positions[0] - 1] == ("music", songs[0]), story
+    # The second song follows the silence. It is sung: its start may be "mixed" (voice over music).
+    assert story[positions[1] + 1][1] == songs[1] and story[positions[1] + 1][0] in {"music", "mixed"}, story
+    assert ("music", songs[1]) in story[positions[1] + 1:], story
+    alerts = [json.loads(m.value) for m in read_topic(settings.bootstrap_servers, settings.alerts_topic, 1, 10)]
+    assert any(a["kind"] == "dead_air_start" for a in alerts), alerts
+    assert reconnects >= 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import random
 import socket
 import urllib.error
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from streamgenre.apps.radio import (
     is_live_url,
     parse_stations,
     parse_stream_title,
+    segment_start_ms,
 )
 
 STATIONS_YAML = """
@@ -40,8 +43,8 @@ def test_stations_file_parses() -> None:
     ("stations: []", "top-level 'stations:' list"),
     ("stations: [http://x/a.mp3]", "stations[0]: expected a mapping"),
     ("stations: [{id: a, url: http://x/a, gain: 2}]", "stations[0]: expected a mapping"),
-    ("stations: [{url: http://x/a}]", "stations[0]: id must be"),
-    ("stations: [{id: ' a', url: http://x/a}]", "surrounding blanks"),
+    ("stations: [{url: http://x/a}]", "stations[0]: id must be a string"),
+    ("stations: [{id: 'jazz fm', url: http://x/a}]", "stations[0]: id 'jazz fm': "),
     ("stations: [{id: a, url: /music/a.mp3}]", "url must be an http"),
     ("stations: [{id: a, url: ftp://x/a.mp3}]", "url must be an http"),
     ("stations: [{id: a, url: http://x/a}, {id: a, url: http://x/b}]", "duplicate station ids: a"),
@@ -116,6 +119,8 @@ def test_failure_reasons() -> None:
     assert failure_reason(TimeoutError("timed out")) == "stalled"
     assert failure_reason(urllib.error.URLError(TimeoutError("timed out"))) == "stalled"
     assert failure_reason(ConnectionResetError()) == "connect"
+    assert failure_reason(http.client.BadStatusLine("ICY 200 OK")) == "bad_response"
+    assert failure_reason(http.client.RemoteDisconnected("closed")) == "connect"
     assert failure_reason(ValueError("bug")) == "internal_error"
 
 
@@ -123,3 +128,18 @@ def test_format_hint_from_content_type() -> None:
     assert format_hint("audio/mpeg") == "mp3" and format_hint("Audio/AACP; charset=x") == "aac"
     assert format_hint("application/ogg") == "ogg" and format_hint("") is None
     assert format_hint("application/octet-stream") is None
+
+
+def test_a_reconnect_never_goes_back_in_stream_time() -> None:
+    # First connection: anchored on the clock, less the first block's length.
+    assert segment_start_ms(0, now_ms=10_000, first_block_ms=500) == 9_500
+    # The last connection's audio ran 3 s ahead of the clock (burst, flood): continue from its end.
+    assert segment_start_ms(previous_end_ms=13_000, now_ms=10_500, first_block_ms=500) == 13_000
+    # After a real outage the clock is ahead: the gap shows in ts.
+    assert segment_start_ms(previous_end_ms=13_000, now_ms=60_000, first_block_ms=500) == 59_500
+
+
+def test_shipped_stations_example_parses() -> None:
+    """deploy/stations.yaml (mounted by docker compose --profile radio) is a valid stations file."""
+    example = Path(__file__).resolve().parents[1] / "deploy" / "stations.yaml"
+    assert [station.id for station in parse_stations(example.read_text())] == ["example-jazz", "example-talk"]

@@ -111,3 +111,44 @@ def test_confidence_is_the_mean_probability_of_the_segments_own_state() -> None:
 
 def test_close_without_windows_returns_nothing() -> None:
     assert Segmenter("radio-1", 8.0, 10.0).close() == []
+
+
+def content_stage():
+    from streamgenre.config import Settings
+    from streamgenre.stream.content import ContentStage
+    from streamgenre.stream.metrics import Metrics
+    from tests.modelgen import TEST_RECIPE
+
+    metrics = Metrics()
+    return ContentStage(Settings(content_model_path=None, stream_down_s=30.0), TEST_RECIPE, metrics), metrics
+
+
+def test_stream_down_is_raised_once_and_cleared_by_audio() -> None:
+    import json
+
+    stage, metrics = content_stage()
+    assert stage.check_down({"a": (12.0, 100.0)}) == []
+    (down,) = stage.check_down({"a": (31.0, 100.0), "b": (2.0, 50.0)})
+    assert down[0] == "a" and json.loads(down[1])["kind"] == "stream_down"
+    assert json.loads(down[1])["at_t"] == 100.0 and metrics.streams_down._value.get() == 1
+    assert stage.check_down({"a": (33.0, 100.0)}) == []  # once per episode
+    (up,) = stage.audio_arrived(["a", "b"], {"a": 140.0, "b": 60.0})
+    assert json.loads(up[1])["kind"] == "stream_up" and json.loads(up[1])["silent_s"] == 40.0
+    assert metrics.streams_down._value.get() == 0 and stage.audio_arrived(["a"], {"a": 141.0}) == []
+
+
+def test_dead_air_gauge_follows_the_episode_and_the_stream_closing() -> None:
+    stage, metrics = content_stage()
+    for i in range(5):
+        stage.observe("a", window(i, "silence"))
+    assert metrics.dead_air_streams._value.get() == 1
+    stage.close(["a"])
+    assert metrics.dead_air_streams._value.get() == 0
+
+
+def test_genre_smoothing_restarts_only_after_a_long_break() -> None:
+    stage, _ = content_stage()
+    assert not stage.new_programme("a", "speech", 10.0)
+    assert not stage.new_programme("a", "music", 13.0)  # 3 s of talk: the same song goes on
+    assert not stage.new_programme("a", "silence", 20.0)
+    assert stage.new_programme("a", "music", 29.0)  # 9 s >= segment_min_s (8): a new programme

@@ -143,7 +143,7 @@ def read_crop(f: CorpusFile, seconds: float, sample_rate: int, rng: np.random.Ge
     with sf.SoundFile(str(f.path)) as handle:
         handle.seek(min(start, max(0, handle.frames - 1)))
         y = handle.read(n_src, dtype="float32", always_2d=True)
-    y = resample(to_mono(y.T if y.ndim == 2 else y), f.sample_rate, sample_rate)
+    y = resample(to_mono(y), f.sample_rate, sample_rate)
     n = round(seconds * sample_rate)
     return np.pad(y, (0, max(0, n - len(y))))[:n].astype(np.float32)
 

@@ -275,8 +275,8 @@ def train(
         )
 
     try:
-        with tqdm(desc="generator warm-up: pool", total=512, unit="ex") as bar:
-            while pool.size < 512:
+        with tqdm(desc="generator warm-up: pool", total=256, unit="ex") as bar:
+            while pool.size < 256:
                 before = pool.size
                 drain(block=True)
                 bar.update(pool.size - before)

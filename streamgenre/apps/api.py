@@ -22,11 +22,9 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import numpy as np
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -39,13 +37,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from streamgenre.apps.jobs import PublishError, job_state, publish_job
 from streamgenre.apps.uploads import DecodedAudio, decode_bytes
 from streamgenre.config import Settings
 from streamgenre.model.contract import GenreModel
 from streamgenre.stream.content import ContentStage
-from streamgenre.stream.framing import expected_windows
 from streamgenre.stream.metrics import LATENCY_BUCKETS, Metrics
-from streamgenre.stream.tracks import Neighbours, TooShort, TrackClassifier, aligned_anchor_ms, summarise
+from streamgenre.stream.tracks import Neighbours, TooShort, TrackClassifier
 from streamgenre.stream.wire import BadInput, Reason
 
 log = logging.getLogger(__name__)
@@ -112,7 +110,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                        (401, "missing or unknown API key"), (404, "no such job or stream"),
                        (413, "upload or its audio too large"),
                        (422, "undecodable audio or bad parameters"), (429, "rate limit exceeded"),
-                       (503, "Redis or Kafka unavailable"))
+                       (503, "Redis or Kafka unavailable, or the server too busy to finish in time"))
 }
 
 
@@ -162,7 +160,6 @@ class ApiState:
         self.classifier = TrackClassifier(model, settings.max_batch, settings.max_wait_ms, settings.hop_s,
                                           catalog, settings.neighbours_k, self.metrics,
                                           ContentStage(settings, model.recipe, self.metrics))
-        self.hop_samples = self.classifier.hop_frames * model.recipe.hop_length
         self.key_hashes = [h.strip().lower() for h in settings.api_key_hashes]
         self.buckets = TokenBuckets(settings.api_rate_per_s, settings.api_rate_burst)
         self.redis = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=2.0,
@@ -276,14 +273,17 @@ def create_app(settings: Settings, model: GenreModel | None = None, catalog: Nei
         try:
             decoded = await run_in_threadpool(decode_bytes, data, settings.max_decoded_s, model.recipe.sample_rate)
             if run_async or decoded.duration_s > settings.api_sync_max_s:
-                accepted = await run_in_threadpool(_publish_job, state, data, decoded)
+                accepted = await run_in_threadpool(_submit_job, state, data, decoded)
                 return JSONResponse(accepted.model_dump(), status_code=202)
             result = await run_in_threadpool(state.classifier.classify, decoded.first, decoded.more,
                                              decoded.sample_rate)
         except BadInput as exc:
             raise problem(bad_input_status(exc), exc.reason.value, exc.detail) from None
         except TooShort as exc:
-            raise problem(422, "too_short", str(exc)) from None
+            raise problem(422, "no_audio", str(exc)) from None
+        except TimeoutError:
+            raise problem(503, "overloaded", "inference did not finish in time; retry later or use ?async=true",
+                          {"Retry-After": "30"}) from None
         result["duration_s"] = round(decoded.duration_s, 3)
         return JSONResponse(Classification.model_validate(result).model_dump())
 
@@ -297,23 +297,7 @@ def create_app(settings: Settings, model: GenreModel | None = None, catalog: Nei
             entries = state.redis.xrange(state.redis_key(meta["stream_id"], "timeline"))
         except redis.RedisError as exc:
             raise problem(503, "redis_unavailable", f"Redis: {type(exc).__name__}") from None
-        by_seq = {p["window_seq"]: p for p in (json.loads(fields[b"json"]) for _, fields in entries)}
-        windows = [by_seq[seq] for seq in sorted(by_seq)]  # at-least-once: a replay may repeat windows
-        status = JobStatus(job_id=job_id, status="pending", windows_done=len(windows),
-                           windows_expected=meta["windows_expected"])
-        if windows and len(windows) >= meta["windows_expected"]:
-            labels = list(windows[0]["probs"])
-            probs = np.array([[w["probs"][label] for label in labels] for w in windows], np.float32)
-            origin = meta["ts_ms"] / 1000
-            states = [{key: w[key] for key in ("state", "state_probs", "level_dbfs") if key in w} for w in windows]
-            summary = summarise(labels, probs, [w["t_start"] - origin for w in windows],
-                                [w["t_end"] - origin for w in windows], states)
-            status.status = "done"
-            status.result = Classification.model_validate({
-                **summary, "windows": len(windows), "duration_s": meta["duration_s"],
-                "model_version": windows[-1]["model_version"], "neighbours": windows[-1].get("neighbours"),
-            })
-        return status
+        return JobStatus.model_validate(job_state(meta, [json.loads(fields[b"json"]) for _, fields in entries]))
 
     @app.get("/v1/streams/{stream_id}", response_model=StreamView, responses=ERRORS,
              summary="A live stream's latest prediction and recent timeline")
@@ -375,50 +359,21 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     return await upload.read()
 
 
-def _publish_job(state: ApiState, data: bytes, decoded: DecodedAudio) -> JobAccepted:
-    """Publish an upload to the input topic as one stream with ``eos``; record the job in Redis.
-
-    A file the daemon decodes itself goes as it is, in one message (the daemon frames it block
-    by block); anything else (or a file over max_message_bytes) as float PCM chunks of 10 s.
-    """
-    from streamgenre.apps.ingest import AudioBlock, ChunkPublisher
-    from streamgenre.stream.wire import chunk_headers
-
+def _submit_job(state: ApiState, data: bytes, decoded: DecodedAudio) -> JobAccepted:
+    """Publish the upload as a job and record it in Redis (see :mod:`streamgenre.apps.jobs`)."""
     settings = state.settings
-    job_id = uuid.uuid4().hex
-    stream_id = f"job-{job_id}"
-    ts_ms = aligned_anchor_ms(stream_id, state.model.recipe.sample_rate, state.hop_samples)
-    frames = round(decoded.duration_s * decoded.sample_rate)
     try:
-        producer = state.producer()
-        if decoded.wire_type is not None and len(data) <= settings.max_message_bytes:
-            producer.send(settings.input_topic, key=stream_id.encode(), value=data,
-                          headers=chunk_headers(decoded.wire_type, 0, ts_ms, eos=True))
-        else:
-            publisher = ChunkPublisher(producer, settings.input_topic, stream_id, start_ms=ts_ms, fmt="f32le")
-            blocks = decoded.blocks()
-            block = next(blocks)
-            frames = 0
-            while block is not None:
-                following = next(blocks, None)
-                publisher.publish(AudioBlock(block.reshape(-1, 1), decoded.sample_rate), eos=following is None)
-                frames += block.shape[0]
-                block = following
-        producer.flush(timeout=30)
-    except BadInput:
-        raise
-    except Exception as exc:  # kafka-python raises several unrelated types when the broker is away
-        raise problem(503, "kafka_unavailable", f"cannot publish the job: {type(exc).__name__}") from None
-    expected = expected_windows(stream_id, ts_ms, frames, decoded.sample_rate, state.model.recipe,
-                                state.classifier.hop_frames)
-    meta = {"stream_id": stream_id, "ts_ms": ts_ms, "duration_s": round(decoded.duration_s, 3),
-            "windows_expected": expected, "submitted": time.time()}
+        record = publish_job(settings, state.producer(), state.model.recipe, state.classifier.hop_frames, data,
+                             decoded)
+    except PublishError as exc:
+        raise problem(503, "kafka_unavailable", str(exc)) from None
     try:
-        state.redis.set(f"{settings.redis_prefix}:job:{job_id}", json.dumps(meta), ex=settings.api_job_ttl_s)
+        state.redis.set(f"{settings.redis_prefix}:job:{record['job_id']}", json.dumps(record),
+                        ex=settings.api_job_ttl_s)
     except redis.RedisError as exc:
         raise problem(503, "redis_unavailable", f"Redis: {type(exc).__name__}") from None
-    return JobAccepted(job_id=job_id, stream_id=stream_id, duration_s=meta["duration_s"], windows_expected=expected,
-                       result_url=f"/v1/jobs/{job_id}")
+    return JobAccepted(job_id=record["job_id"], stream_id=record["stream_id"], duration_s=record["duration_s"],
+                       windows_expected=record["windows_expected"], result_url=f"/v1/jobs/{record['job_id']}")
 
 
 def write_openapi(path: str = "docs/openapi.json") -> None:

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from streamgenre.apps.errors import UsageError
 from streamgenre.config import Settings
 
 CSV_FIELDS = ["path", "genre", "confidence", "music_share", "duration_s", "windows", "model_version", "error"]
@@ -91,8 +92,7 @@ def run_classify(args: argparse.Namespace, settings: Settings) -> int:
     from streamgenre.model.similarity import find_audio
 
     if args.workers < 1:
-        print("streamgenre classify: error: --workers must be at least 1", file=sys.stderr)
-        return 2
+        raise UsageError("--workers must be at least 1")
     files = find_audio(args.paths)  # FileNotFoundError: one error line from cli.main
     out: Path | None = args.out
     skip = done_paths(out, args.json) if out is not None else set()

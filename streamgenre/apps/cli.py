@@ -6,13 +6,16 @@ ingest, tail, demo, catalog, bench), so everything here is argument parsing and 
 Exit codes, the same for every command:
 
 * **0** — done.
-* **2** — a usage or start-up error, nothing done: a bad option (argparse's own message), or an
-  error the user can fix — :class:`~streamgenre.apps.errors.UsageError`, a missing or invalid model
+* **2** — a usage or start-up error, nothing done: a bad option (argparse's own message), a bad
+  ``STREAMGENRE_*`` setting, or an error the user can fix —
+  :class:`~streamgenre.apps.errors.UsageError` (and its subclasses), a missing or invalid model
   (``ModelError``) or catalogue (``CatalogError``), a missing file, bad ingest input, the dev
-  broker failing to start, no Kafka broker answering. Printed as one line,
+  broker failing to start, a daemon start-up failure (``StartupError``: a busy metrics port, ...),
+  no Kafka broker answering within ``STREAMGENRE_CLI_BROKER_TIMEOUT_S``. Printed as one line,
   ``streamgenre COMMAND: error: MESSAGE``, on stderr, without a traceback. :func:`main` is the
-  one place that maps these errors to messages; a command raises, it does not print and return.
-* **1** — anything else: a bug, reported by Python with its traceback.
+  one place that maps these errors to messages; a command raises them, it does not print and return.
+* **1** — the command ran but some of its inputs failed (``ingest``, ``classify``: each failure
+  and a summary on stderr); also what Python exits with on a bug, with its traceback.
 """
 
 from __future__ import annotations
@@ -89,14 +92,15 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """One line per input (errors and warnings on stderr); exit 2 when nothing was published,
-    1 when some inputs failed, 0 when every input gave audio."""
+    1 when some of several inputs gave no audio (the others are published), 0 when all gave audio."""
     from streamgenre.apps.ingest import SourceReport, ingest
     from streamgenre.apps.radio import is_live_url
 
     if any(is_live_url(source) for source in args.sources):
         from streamgenre.apps.relay import ingest_live
 
-        return ingest_live(settings, args.sources, args.stream_id)
+        return ingest_live(settings, args.sources, args.stream_id, chunk_s=args.chunk_s,
+                           file_options=args.speed != 1.0 or args.loop or args.format != "s16le")
 
     def report(source: SourceReport) -> None:
         if source.error is not None:
@@ -111,10 +115,13 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     chunks, seconds = sum(r.chunks for r in reports), sum(r.seconds for r in reports)
     failed = sum(r.error is not None for r in reports)
     if not chunks:
-        print(f"streamgenre ingest: error: no audio published for stream {args.stream_id!r}", file=sys.stderr)
+        if len(reports) > 1:  # with one input, its own error line says it all
+            print(f"streamgenre ingest: error: none of the {len(reports)} inputs gave audio; nothing published",
+                  file=sys.stderr)
         return 2
-    print(f"published {chunks} chunks ({seconds:.2f} s) of stream {args.stream_id!r} to {settings.input_topic}"
-          + (f"; {failed} of {len(reports)} inputs failed" if failed else ""))
+    print(f"published {chunks} chunks ({seconds:.2f} s) of stream {args.stream_id!r} to {settings.input_topic}")
+    if failed:
+        print(f"streamgenre ingest: error: {failed} of {len(reports)} inputs gave no audio", file=sys.stderr)
     return 1 if failed else 0
 
 

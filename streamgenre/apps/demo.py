@@ -27,7 +27,7 @@ import soundfile as sf
 from pydantic import SecretStr
 
 from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port, wait_for_port
-from streamgenre.apps.ingest import ingest
+from streamgenre.apps.ingest import SourceReport, ingest
 from streamgenre.apps.tail import follow
 from streamgenre.config import Settings
 from streamgenre.stream.daemon import Daemon, StartupError
@@ -109,6 +109,14 @@ def delete_prefix(redis_url: str, prefix: str) -> int:
         client.close()
 
 
+def _say_problems(report: SourceReport) -> None:
+    """A file that gives no audio, or less than it declares, is said so in the timeline."""
+    if report.error is not None:
+        print(f"error: {report.line()}", flush=True)
+    elif report.warning is not None:
+        print(f"warning: {report.source}: {report.warning}", flush=True)
+
+
 def run_demo(settings: Settings, files: list[str], speed: float, max_streams: int, keep: bool = False) -> int:
     with tempfile.TemporaryDirectory(prefix="streamgenre-demo-") as tmp:
         sources = demo_sources(files)[:max_streams] or generated_tones(Path(tmp))
@@ -156,7 +164,7 @@ def _run_with_daemon(settings: Settings, sources: list[Path], speed: float, redi
     print(f"streaming {len(sources)} files at {speed}x real time:")
     ingesters = [
         threading.Thread(target=ingest, args=(settings, [str(src)], demo_stream_id(src)),
-                         kwargs={"speed": speed}, daemon=True)
+                         kwargs={"speed": speed, "on_source_done": _say_problems}, daemon=True)
         for src in sources
     ]
     for thread in ingesters:

@@ -7,6 +7,7 @@ and resamples, so producers stay dumb and cheap.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -53,7 +54,7 @@ class SourceReport:
         return f"{self.source}: read {self.seconds:.2f} s of audio ({self.chunks} chunks)"
 
 
-def _ffmpeg_blocks(source: str, block_s: float, report: SourceReport) -> Iterator[AudioBlock]:
+def _ffmpeg_blocks(source: str, block_s: float) -> Iterator[AudioBlock]:
     """Decode anything ffmpeg reads (mp3, http streams) to 44.1 kHz stereo float32 blocks."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -80,9 +81,11 @@ def _ffmpeg_blocks(source: str, block_s: float, report: SourceReport) -> Iterato
         stderr.seek(0)
         lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
     if returncode != 0:
-        # The last line is ffmpeg's conclusion; it prefixes it with the input's name already.
-        message = (lines[-1] if lines else f"exit status {returncode}").removeprefix(f"{source}: ")
-        raise IngestError(f"{source}: ffmpeg: {message}")
+        # The cause ("Failed to resolve hostname ...") comes before ffmpeg's conclusion
+        # ("Input/output error"): keep both, without the "[tcp @ 0x...]" and input-name prefixes.
+        parts = list(dict.fromkeys(re.sub(r"^\[[^]]*\] ", "", line).removeprefix(f"{source}: ") for line in lines))
+        parts = [part for part in parts if not any(part in other for other in parts if other != part)]
+        raise IngestError(f"{source}: ffmpeg: {'; '.join(parts) or f'exit status {returncode}'}")
 
 
 def _ogg_is_truncated(path: Path) -> bool:
@@ -123,15 +126,17 @@ def read_blocks(source: str, block_s: float, report: SourceReport | None = None)
     """
     report = report if report is not None else SourceReport(source)
     if "://" in source:
-        yield from _ffmpeg_blocks(source, block_s, report)
+        yield from _ffmpeg_blocks(source, block_s)
         return
     path = Path(source)
     if not path.is_file():
         raise IngestError(f"{source}: no such file")
+    if not path.stat().st_size:
+        raise IngestError(f"{source}: empty file (0 bytes)")
     try:
         info = sf.info(str(path))
     except sf.LibsndfileError:
-        yield from _ffmpeg_blocks(source, block_s, report)
+        yield from _ffmpeg_blocks(source, block_s)
         return
     block = max(1, int(block_s * info.samplerate))
     frames_read = 0
@@ -181,8 +186,8 @@ def make_producer(settings: Settings) -> KafkaProducer:
 
 
 def _blocks_of(sources: list[str], chunk_s: float, loop: bool, reports: list[SourceReport],
-               on_source_done: Callable[[SourceReport], None]) -> Iterator[tuple[SourceReport, AudioBlock]]:
-    """Every block of every source in order (forever with ``loop``), each with its source's report.
+               on_source_done: Callable[[SourceReport], None]) -> Iterator[AudioBlock]:
+    """Every block of every source in order (forever with ``loop``); ``reports`` says what each gave.
 
     A source that fails is reported and skipped, so the others still play; the next source's
     first block follows the last good one.
@@ -196,7 +201,7 @@ def _blocks_of(sources: list[str], chunk_s: float, loop: bool, reports: list[Sou
                 for block in read_blocks(source, chunk_s, report):
                     report.seconds += block.samples.shape[0] / block.sample_rate
                     report.chunks += 1
-                    yield report, block
+                    yield block
             except IngestError as exc:
                 message = str(exc).removeprefix(f"{source}: ")
                 if report.seconds:
@@ -239,7 +244,7 @@ def ingest(settings: Settings, sources: list[str], stream_id: str, speed: float 
         current = next(blocks, None)
         while current is not None:
             following = next(blocks, None)
-            publisher.publish(current[1], eos=following is None and not loop)
+            publisher.publish(current, eos=following is None and not loop)
             if speed > 0:
                 ahead = publisher.seconds_sent / speed - (time.monotonic() - started)
                 if ahead > 0:

@@ -7,6 +7,7 @@ taken apart is unit-tested without a network (``tests/test_radio_units.py``).
 
 from __future__ import annotations
 
+import http.client
 import random
 import re
 import socket
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 
 import yaml
 
+from streamgenre.stream.wire import BadInput, validate_stream_id
+
 LIVE_SCHEMES = ("http://", "https://")
-MAX_STATION_ID_CHARS = 200
 # Content types that are certainly not an audio stream (a portal's HTML page, an API's error
 # body); anything else (audio/*, application/ogg, octet-stream, none) goes to the decoder.
 NOT_AUDIO_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "image/", "video/")
@@ -45,11 +47,14 @@ def is_live_url(source: str) -> bool:
     return source.lower().startswith(LIVE_SCHEMES)
 
 
-def check_station(station_id: str, url: str, where: str = "") -> Station:
-    if not isinstance(station_id, str) or not station_id.strip() or len(station_id) > MAX_STATION_ID_CHARS:
-        raise StationsError(f"{where}id must be a non-empty string of at most {MAX_STATION_ID_CHARS} characters")
-    if station_id != station_id.strip() or any(ord(c) < 32 for c in station_id):
-        raise StationsError(f"{where}id {station_id!r} has surrounding blanks or control characters")
+def check_station(station_id: object, url: object, where: str = "") -> Station:
+    """A station whose id the daemon accepts as a Kafka key (else every chunk would be dead-lettered)."""
+    if not isinstance(station_id, str):
+        raise StationsError(f"{where}id must be a string, got {station_id!r}")
+    try:
+        validate_stream_id(station_id)
+    except BadInput as exc:
+        raise StationsError(f"{where}id {station_id[:40]!r}: {exc.detail}") from exc
     if not isinstance(url, str) or not is_live_url(url):
         raise StationsError(f"{where}url must be an http:// or https:// URL, got {url!r}")
     return Station(station_id, url)
@@ -95,6 +100,18 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) 
     """
     capped = min(max_s, initial_s * 2.0 ** min(attempt, 62))
     return capped / 2 + rng.uniform(0, capped / 2)
+
+
+def segment_start_ms(previous_end_ms: int, now_ms: int, first_block_ms: int) -> int:
+    """``ts`` of a new connection's first sample: the wall clock, but never before the previous
+    connection's audio ended.
+
+    A station's ``ts`` runs ahead of the wall clock by what it sent faster than real time (Icecast's
+    burst on connect, a server that floods): anchored on the clock alone, a quick reconnect would
+    go back in stream time and reuse ``window_seq`` values that consumers already hold for other
+    audio.
+    """
+    return max(previous_end_ms, now_ms - first_block_ms)
 
 
 def parse_stream_title(metadata: bytes) -> str | None:
@@ -168,6 +185,10 @@ def failure_reason(exc: BaseException) -> str:
         return "connect"
     if isinstance(exc, TimeoutError):
         return "stalled"
+    if isinstance(exc, http.client.RemoteDisconnected):  # also a ConnectionResetError: the server hung up
+        return "connect"
+    if isinstance(exc, http.client.HTTPException):  # not HTTP (e.g. SHOUTcast v1's "ICY 200 OK"), truncated
+        return "bad_response"
     if isinstance(exc, OSError):
         return "connect"
     return "internal_error"

@@ -10,7 +10,9 @@ When a connection fails, stalls (no bytes for ``relay_read_timeout_s``), stops d
 but no audio: a codec change mid-stream) or ends, the station reconnects after a capped
 exponential backoff with jitter, and its ``seq`` restarts at 0 with ``ts`` from the wall clock:
 the daemon sees a ``seq`` discontinuity and starts a fresh window instead of gluing the audio
-before and after the gap into one. Stations never share anything but the Kafka producer (which
+before and after the gap into one. A title takes effect from the next chunk published after its
+metadata block arrives; ffmpeg holds well under a second of audio, so a title may lead its audio by
+about that much. Stations never share anything but the Kafka producer (which
 is thread-safe), so a failing station costs the others nothing.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import http.client
 import json
 import logging
 import random
@@ -30,13 +33,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.client import HTTPResponse
 from pathlib import Path
 
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
+from streamgenre.apps.errors import UsageError
 from streamgenre.apps.ingest import IngestError, make_producer
 from streamgenre.apps.radio import (
     NOT_AUDIO_TYPES,
@@ -48,6 +51,7 @@ from streamgenre.apps.radio import (
     failure_reason,
     format_hint,
     parse_stations,
+    segment_start_ms,
 )
 from streamgenre.config import Settings
 from streamgenre.stream.metrics import serve_http
@@ -76,8 +80,8 @@ class RelayMetrics:
                                   registry=r)
         self.failures = Counter("streamgenre_relay_failures",
                                 "Station connections that failed or ended, by reason (dns, http_status, connect, "
-                                "not_audio, stalled, no_audio, decoder_exit, ended).", ["station", "reason"],
-                                registry=r)
+                                "bad_response, not_audio, stalled, no_audio, decoder_exit, ended).",
+                                ["station", "reason"], registry=r)
         self.bytes = Counter("streamgenre_relay_bytes", "Stream bytes received (ICY metadata removed).", station,
                              registry=r)
         self.chunks = Counter("streamgenre_relay_chunks", "PCM chunks published.", station, registry=r)
@@ -86,8 +90,18 @@ class RelayMetrics:
         self.last_audio_age = Gauge("streamgenre_relay_last_audio_age_seconds",
                                     "Seconds since the station's last decoded audio (since relay start if none).",
                                     station, registry=r)
+        self.broker_up = Gauge("streamgenre_relay_broker_up",
+                               "1 while the broker acknowledges the relay's chunks (0 after a failed publish).",
+                               registry=r)
+        self.broker_ok = True  # until a publish says otherwise
+        self.broker_up.set(1)
         self._started = time.monotonic()
         self._last_audio: dict[str, float] = {}
+
+    def publish_acknowledged(self, ok: bool) -> None:
+        if ok != self.broker_ok:
+            self.broker_ok = ok
+            self.broker_up.set(1 if ok else 0)
 
     def add_station(self, station_id: str) -> None:
         """Create the station's series at zero, so a station that never connects is visible."""
@@ -109,7 +123,8 @@ class RelayMetrics:
 
 @dataclass
 class RelayHealth:
-    """``/readyz`` of the relay: ready while the broker is reachable; stations are listed, not required."""
+    """``/readyz`` of the relay: ready while the broker acknowledges chunks; stations are listed, not required
+    (one dead station must not get the whole relay restarted)."""
 
     broker_ok: bool
     stations: dict[str, bool]
@@ -183,6 +198,8 @@ class _Decoder:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        # The station's next connection restarts seq: no block of this one may be published after.
+        self._reader.join()
 
 
 class StationRelay:
@@ -194,7 +211,7 @@ class StationRelay:
         self.stop, self.ffmpeg = stop, ffmpeg
         self.rate = settings.relay_sample_rate
         self.connected = False
-        self.title: str | None = None
+        self.title: str | None = None  # kept across reconnects until the station sends a new one
         self.trust_content_type = True
         self._rng = random.Random()
         self._seq = 0
@@ -205,7 +222,7 @@ class StationRelay:
     def run(self) -> None:
         attempt = 0
         while not self.stop.is_set():
-            self._seq = self._samples = 0  # every connection is a new segment for the daemon
+            self._seq = 0  # every connection is a new segment for the daemon
             try:
                 reason, detail = self._relay_once()
             except Exception as exc:  # one station's surprise must never end the relay of the others
@@ -244,11 +261,14 @@ class StationRelay:
             hint = format_hint(content_type) if self.trust_content_type else None
             decoder = _Decoder(self.ffmpeg, self.rate, block_bytes, self._publish, hint)
             try:
-                return self._pump(response, demuxer, decoder)
+                reason, detail = self._pump(response, demuxer, decoder)
             finally:
                 decoder.close()
+        if reason == "ended" and decoder.last_audio is None:  # e.g. an error page served as audio/mpeg
+            return "no_audio", f"the stream ended without decodable audio: {decoder.error()}"
+        return reason, detail
 
-    def _pump(self, response: HTTPResponse, demuxer: IcyDemuxer, decoder: _Decoder) -> tuple[str, str]:
+    def _pump(self, response: http.client.HTTPResponse, demuxer: IcyDemuxer, decoder: _Decoder) -> tuple[str, str]:
         """Station bytes → decoder until the connection ends, stalls or stops decoding."""
         connected_at = time.monotonic()
         timeout = self.settings.relay_read_timeout_s
@@ -258,6 +278,8 @@ class StationRelay:
                 data = response.read1(READ_BYTES)
             except TimeoutError:
                 return "stalled", f"no bytes for {timeout:g} s (connection open)"
+            except (OSError, http.client.HTTPException) as exc:  # reset, truncated chunk: a reconnect, no traceback
+                return failure_reason(exc), f"{self.station.url}: {exc!r}"
             if not data:
                 return "ended", "the server closed the stream"
             audio, title = demuxer.feed(data)
@@ -279,11 +301,15 @@ class StationRelay:
     def _publish(self, pcm: bytes) -> None:
         """Publish one PCM block (decoder thread); ``ts`` counts samples from the connection's first block."""
         if self._seq == 0:
-            self._start_ms = round(time.time() * 1000 - 1000 * (len(pcm) // 2) / self.rate)
+            previous_end_ms = self._start_ms + round(1000 * self._samples / self.rate)
+            self._start_ms = segment_start_ms(previous_end_ms, round(time.time() * 1000),
+                                              round(1000 * (len(pcm) // 2) / self.rate))
+            self._samples = 0
         ts = self._start_ms + round(1000 * self._samples / self.rate)
         headers = chunk_headers(PCM_TYPE, self._seq, ts, self.rate, 1, title=self.title)
         future = self.producer.send(self.settings.input_topic, key=self.station.id.encode(), value=pcm,
                                     headers=headers)
+        future.add_callback(lambda _metadata: self.metrics.publish_acknowledged(True))
         future.add_errback(self._on_publish_error)
         self._seq += 1
         self._samples += len(pcm) // 2
@@ -291,6 +317,7 @@ class StationRelay:
         self.metrics.audio_arrived(self.station.id)
 
     def _on_publish_error(self, exc: BaseException) -> None:
+        self.metrics.publish_acknowledged(False)
         self.metrics.publish_errors.labels(self.station.id).inc()
         log.error("station %s: a chunk was not published: %s", self.station.id, exc)
 
@@ -314,11 +341,16 @@ class Relay:
                          for s in stations]
         self._threads = [threading.Thread(target=s.run, name=f"relay-{s.station.id}", daemon=True)
                          for s in self.stations]
-        self._server = (serve_http(self.metrics, self._health, settings.metrics_host, settings.relay_metrics_port)
-                        if serve_metrics else None)
+        try:
+            self._server = (serve_http(self.metrics, self._health, settings.metrics_host, settings.relay_metrics_port)
+                            if serve_metrics else None)
+        except OSError as exc:  # a start-up failure: one line and exit 2 (cli), not a traceback
+            self.producer.close()
+            raise UsageError(f"cannot serve relay metrics on {settings.metrics_host}:{settings.relay_metrics_port}: "
+                             f"{exc.strerror or exc} (set STREAMGENRE_RELAY_METRICS_PORT)") from exc
 
     def _health(self) -> RelayHealth:
-        return RelayHealth(self.producer.bootstrap_connected(), {s.station.id: s.connected for s in self.stations})
+        return RelayHealth(self.metrics.broker_ok, {s.station.id: s.connected for s in self.stations})
 
     def start(self) -> Relay:
         for thread in self._threads:
@@ -369,23 +401,44 @@ def _run_in_foreground(relay: Relay) -> int:
     return 0
 
 
-def ingest_live(settings: Settings, sources: list[str], stream_id: str) -> int:
+def ingest_live(settings: Settings, sources: list[str], stream_id: str, chunk_s: float,
+                file_options: bool = False) -> int:
     """``streamgenre ingest URL --stream-id ID``: one station, relayed until stopped (no metrics port)."""
     if len(sources) != 1:
-        raise IngestError("a live URL is a stream of its own: give one URL per --stream-id, or relay several "
-                          "stations with `streamgenre relay stations.yaml`")
+        raise UsageError("a live URL is a stream of its own: give one URL per --stream-id, or relay several "
+                         "stations with `streamgenre relay stations.yaml`")
+    if file_options:
+        raise UsageError("--speed, --loop and --format are for files: a live URL is relayed as it arrives, "
+                         "as s16le")
     try:
         station = check_station(stream_id, sources[0], "--stream-id/URL: ")
     except StationsError as exc:
-        raise IngestError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
+    _first_contact(station.url, settings.relay_read_timeout_s)
+    settings = settings.model_copy(update={"relay_chunk_s": chunk_s})
     return _run_in_foreground(Relay(settings, [station], serve_metrics=False))
+
+
+def _first_contact(url: str, timeout_s: float) -> None:
+    """Raise IngestError when ``url`` does not answer at all (refused, unknown host, HTTP error).
+
+    A mistyped URL given to ``ingest`` is one line and exit 2, not an endless reconnect loop that
+    publishes nothing; once a station has answered, its drops are the relay's to ride out.
+    """
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            pass  # the headers arrived: the station exists; the relay opens its own connection
+    except OSError as exc:  # URLError, HTTPError, socket errors and timeouts are all OSErrors
+        detail = getattr(exc, "reason", None) or exc
+        raise IngestError(f"{url}: cannot connect ({failure_reason(exc)}): {detail}") from exc
 
 
 def _cmd_relay(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stations = parse_stations(args.stations.read_text())
     except StationsError as exc:
-        raise IngestError(f"{args.stations}: {exc}") from exc
+        raise UsageError(f"{args.stations}: {exc}") from exc
     return _run_in_foreground(Relay(settings, stations))
 
 

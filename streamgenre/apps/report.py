@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 
+from streamgenre.apps.errors import UsageError
 from streamgenre.config import Settings
 from streamgenre.stream.segments import Segmenter, WindowState
 
@@ -30,8 +30,8 @@ CSV_FIELDS = ("start", "end", "start_utc", "end_utc", "duration_s", "state", "ge
               "genre_confidence", "title", "windows")
 
 
-class ReportError(RuntimeError):
-    """Nothing to report, or Redis cannot be read; one line for the user."""
+class ReportError(UsageError):
+    """Nothing to report, or Redis cannot be read; one line for the user (exit 2, see cli)."""
 
 
 def parse_time(text: str) -> float:
@@ -88,7 +88,10 @@ def write_tables(segments: list[dict], out: Path) -> None:
 
 def plot(stream_id: str, segments: list[dict], windows: list[dict], settings: Settings, path: Path) -> None:
     """Three rows sharing the time axis: states + titles, genre probabilities, level."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ReportError("the PNG needs matplotlib: pip install 'streamgenre[report]'") from exc
 
     matplotlib.use("Agg")  # files only; never a display
     import matplotlib.pyplot as plt
@@ -154,11 +157,7 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     start = args.start if args.start is not None else float("-inf")
     end = args.end if args.end is not None else float("inf")
     out = args.out or Path(f"report-{args.stream_id}")
-    try:
-        segments = build_report(settings, args.stream_id, start, end, out)
-    except ReportError as exc:
-        print(f"streamgenre report: error: {exc}", file=sys.stderr)
-        return 1
+    segments = build_report(settings, args.stream_id, start, end, out)
     print(f"{len(segments)} segments -> {out}/segments.csv, segments.json, timeline.png")
     return 0
 

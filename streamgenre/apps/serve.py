@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 import uvicorn
 
+from streamgenre.apps.errors import UsageError
 from streamgenre.config import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,19 @@ def build_server(settings: Settings, host: str | None = None, port: int | None =
     return uvicorn.Server(config)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """uvicorn reports a busy port as several log lines and exit 3; say it in one line, exit 2."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (set --port or "
+                             "STREAMGENRE_API_PORT)") from exc
+
+
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    _check_port_free(args.host or settings.api_host, args.port or settings.api_port)
     server = build_server(settings, args.host, args.port)
     log.info("HTTP API on %s:%d (model %s)", server.config.host, server.config.port, settings.model_path.name)
     server.run()

@@ -118,6 +118,39 @@ def run(model: Path, clients: list[int], requests: int, ort_threads: int) -> dic
             "machine": machine_info(), "levels": levels}
 
 
+def stage_times(model_path: Path, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Median seconds of one 30 s upload's stages in this process, per upload format (no HTTP)."""
+    from streamgenre.apps.uploads import decode_bytes
+    from streamgenre.model.contract import GenreModel
+    from streamgenre.stream.tracks import TrackClassifier
+
+    model = GenreModel(model_path)
+    classifier = TrackClassifier(model, max_batch=16, max_wait_ms=0.0)
+    ogg, _ = upload_bytes()
+    audio, rate = sf.read(io.BytesIO(ogg), dtype="float32", always_2d=True)
+    flac = io.BytesIO()
+    sf.write(flac, audio, rate, format="FLAC")
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for name, body in (("ogg", ogg), ("flac", flac.getvalue())):
+            times: dict[str, list[float]] = {"decode": [], "frame": [], "infer": []}
+            for _ in range(repeats):
+                started = time.perf_counter()
+                blocks = list(decode_bytes(body, 1200, model.recipe.sample_rate).blocks())
+                decoded = time.perf_counter()
+                windows = classifier.frame(blocks[0], iter(blocks[1:]) if len(blocks) > 1 else None, rate)
+                framed = time.perf_counter()
+                model.predict(np.stack([w.logmel for w in windows]))
+                times["decode"].append(decoded - started)
+                times["frame"].append(framed - decoded)
+                times["infer"].append(time.perf_counter() - framed)
+            out[name] = {stage: round(float(np.median(t)), 3) for stage, t in times.items()}
+            out[name]["windows"] = len(windows)
+    finally:
+        classifier.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL)
@@ -126,10 +159,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="uploads per client count (at least one per client), after one unmeasured")
     parser.add_argument("--ort-threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--stages", action="store_true",
+                        help="only time one upload's decode / frame / infer in this process (ogg and flac)")
     args = parser.parse_args(argv)
+    if args.stages:
+        print(json.dumps(stage_times(args.model.resolve()), indent=1))
+        return 0
     result = run(args.model.resolve(), args.clients, args.requests, args.ort_threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"api-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{args.model.stem}.json"
+    name = {SHIPPED_MODEL: "shipped", ROOT / "model" / "student" / "genre_cnn.onnx": "student"}.get(
+        args.model.resolve(), args.model.stem)
+    path = args.out / f"api-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'clients':>7} {'req/s':>7} {'p50 s':>7} {'p99 s':>7} {'failed':>6}")
     for level in result["levels"]:

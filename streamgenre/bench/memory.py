@@ -6,7 +6,7 @@ holds, not by how many send right now. Draining a 10,000-stream backlog through 
 would take this box an hour of CPU, so this runs in a fresh process of its own: the daemon's
 per-stream objects — a :class:`~streamgenre.stream.framing.Framer` state (resampler, streaming
 STFT, frame buffer, chunk offsets) and a :class:`~streamgenre.stream.smoothing.GenreSmoother`
-— for ``streams`` streams, each fed one full window and one chunk of audio (so every buffer page
+— for ``streams`` streams, each fed a window, a hop and a chunk of audio (so every buffer page
 has been written: ``np.zeros`` pages cost no RSS until then), then ``active`` of them fed
 ``ACTIVE_S`` seconds more. The model is not run: its memory does not grow with streams.
 RSS growth over the process before the first stream, per stream, is the figure; what the
@@ -72,7 +72,9 @@ def memory_worker(model_path: str, streams: int, active: int, chunk_s: float, ou
 
     gc.collect()
     rss0 = rss_bytes(os.getpid())
-    held_chunks = math.ceil(spec.window_s / chunk_s) + 1
+    # A window and a hop: whatever a stream's phase on the window grid (up to a hop of its first
+    # audio makes no window), every stream completes at least one window.
+    held_chunks = math.ceil((spec.window_s + spec.hop_s) / chunk_s) + 1
     started, cpu0 = time.perf_counter(), time.process_time()
     windows = feed(range(streams), range(held_chunks))
     gc.collect()

@@ -8,12 +8,13 @@ Two steps, in this order:
    normalisation and log, then undoing the mel filterbank's per-band weighting and the STFT's
    window gain (Parseval). Silence is a level threshold, decided first: a model of sound
    classes has nothing to say about a window with no sound in it.
-2. **Speech / music / mixed** (:class:`ContentModel`): a multinomial logistic regression on
-   ~40 summary statistics of the window's dB mel frames (spectral shape, per-band variability,
-   flux, the 2-8 Hz syllable-rate modulation of the energy envelope). The statistics are
-   taken relative to the window's own loudness, so they do not depend on level. Its weights
-   are a small JSON file (``model/content.json``, written by ``training/content.py``), applied
-   with numpy: a few tens of microseconds a window next to milliseconds of genre model.
+2. **Speech / music / mixed** (:class:`ContentModel`): a tiny MLP (one hidden ReLU layer) or a
+   multinomial logistic regression on 42 summary statistics of the window's dB mel frames
+   (spectral shape, per-band variability, flux, the 2-8 Hz syllable-rate modulation of the
+   energy envelope). The statistics are taken relative to the window's own loudness, so they
+   do not depend on level. Its weights are a small JSON file (``model/content.json``, written
+   by ``training/content.py``), applied with numpy: well under a millisecond a window, next to
+   tens of milliseconds of genre model (model/MODEL_CARD.md).
 
 The silence probability is a logistic ramp around the threshold (``silence_ramp_db`` wide), and
 the model's three probabilities share what is left, so the four always sum to one.
@@ -45,17 +46,29 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+_LN10 = np.float32(np.log(10.0))
+
+
 class ContentModelError(RuntimeError):
     """The content model file is missing or does not fit the genre model's features."""
 
 
 def mel_power(logmel: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
-    """Invert normalisation and log of a model input ``(1, n_mels, n_frames)`` -> mel power ``(n_mels, n_frames)``."""
+    """Invert normalisation and log of model inputs: ``(1, n_mels, n_frames)`` -> mel power
+    ``(n_mels, n_frames)``, or a batch ``(N, 1, n_mels, n_frames)`` -> ``(N, n_mels, n_frames)``."""
     mean, std = recipe.normaliser
-    logged = logmel[0] * std + mean
+    logged = logmel[..., 0, :, :] * std + mean
+    # exp(x ln 10) rather than 10**x: numpy's float32 exp has a SIMD loop, power does not.
     if recipe.log == "log10_1p":
-        return np.maximum((np.power(np.float32(10.0), logged) - 1.0) / np.float32(recipe.log_scale), 0.0)
-    return np.power(np.float32(10.0), logged / np.float32(10.0)) * np.float32(max(recipe.amin, recipe.ref))
+        return np.maximum((np.exp(logged * _LN10) - 1.0) / np.float32(recipe.log_scale), 0.0)
+    return np.exp(logged * (_LN10 / np.float32(10.0))) * np.float32(max(recipe.amin, recipe.ref))
+
+
+def undo_level_gain(power: np.ndarray, level_gains_db: np.ndarray | None) -> np.ndarray:
+    """Mel power ``(N, n_mels, n_frames)`` before each window's level normalisation gain (dB)."""
+    if level_gains_db is None:
+        return power
+    return power * (10.0 ** (-np.asarray(level_gains_db, np.float32) / 10.0))[:, None, None]
 
 
 def without_level(recipe: FeatureRecipe) -> FeatureRecipe:
@@ -75,53 +88,80 @@ def band_gain(recipe: FeatureRecipe) -> np.ndarray:
     return (2.0 / (recipe.n_fft * window_power) / np.maximum(peaks, 1e-12)).astype(np.float32)
 
 
-def level_of(power: np.ndarray, gain: np.ndarray) -> float:
-    """RMS level in dBFS (full-scale sine = -3.0, floored at -120) of mel power ``(n_mels, n_frames)``."""
-    mean_square = float((gain @ power).mean())
-    return max(-120.0, 10.0 * float(np.log10(max(mean_square, 1e-12))))
+def level_of(weighted_power: np.ndarray) -> np.ndarray:
+    """RMS level in dBFS (full-scale sine = -3.0, floored at -120) of band-gain weighted power
+    ``(..., bands, n_frames)`` (e.g. :func:`group_matrix` @ mel power); one value per leading index."""
+    mean_square = weighted_power.sum(axis=-2).mean(axis=-1)
+    return np.maximum(-120.0, 10.0 * np.log10(np.maximum(mean_square, 1e-12)))
 
 
 def window_level_dbfs(logmel: np.ndarray, recipe: FeatureRecipe) -> float:
     """RMS level of a model input ``(1, n_mels, n_frames)`` in dBFS (full-scale sine = -3.0)."""
-    return level_of(mel_power(logmel, recipe), band_gain(recipe))
+    return float(level_of(band_gain(recipe)[:, None] * mel_power(logmel, recipe)))
 
 
-def content_features(logmel: np.ndarray, recipe: FeatureRecipe, gain: np.ndarray | None = None) -> np.ndarray:
-    """The classifier's statistics of one window, in :data:`FEATURE_NAMES` order (float32).
+def group_matrix(recipe: FeatureRecipe) -> np.ndarray:
+    """``(N_GROUPS, n_mels)``: sums mel power into :data:`N_GROUPS` contiguous band groups,
+    each band weighted by :func:`band_gain`, so a group's row sums to its share of the mean
+    square and all groups together give the level.
 
-    Bands are pooled into :data:`N_GROUPS` groups first: the statistics need the shape of the
-    spectrum, not 96 bands of it, and fewer inputs keep the regression well conditioned.
+    Pooling comes first: the statistics need the shape of the spectrum, not 96 bands of it,
+    fewer inputs keep the model well conditioned, and one small matrix product before the log
+    makes the statistics several times cheaper than taking logs of every band.
     """
-    return statistics(mel_power(logmel, recipe), recipe, band_gain(recipe) if gain is None else gain)
+    gain = band_gain(recipe)
+    groups = np.zeros((N_GROUPS, recipe.n_mels), np.float32)
+    for index, bands in enumerate(np.array_split(np.arange(recipe.n_mels), N_GROUPS)):
+        groups[index, bands] = gain[bands]
+    return groups
 
 
-def statistics(power: np.ndarray, recipe: FeatureRecipe, gain: np.ndarray) -> np.ndarray:
-    """:func:`content_features` from mel power (the daemon shares one inversion with the level)."""
-    power = power * gain[:, None]
-    db = 10.0 * np.log10(np.maximum(power, 1e-20))
-    db = np.maximum(db, db.max() - DYNAMIC_RANGE_DB)
-    db -= db.mean()  # level-free: only shape and movement are left
-    groups = np.array_split(db, N_GROUPS, axis=0)
-    grouped = np.stack([g.mean(axis=0) for g in groups])  # (N_GROUPS, n_frames)
-    shape = grouped.mean(axis=1)
-    band_std = grouped.std(axis=1)
-    band_flux = np.abs(np.diff(grouped, axis=1)).mean(axis=1)
-    flux = np.maximum(np.diff(db, axis=1), 0.0).mean(axis=0)
-    energy = 10.0 * np.log10(np.maximum(power.sum(axis=0), 1e-20))
-    energy = np.maximum(energy, energy.max() - DYNAMIC_RANGE_DB)
+def content_features(logmel: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """The classifier's statistics of one model input, in :data:`FEATURE_NAMES` order (float32)."""
+    return statistics(group_matrix(recipe) @ mel_power(logmel, recipe), recipe)
+
+
+def _std(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """``x.std(axis)`` as sqrt(E[x²] - E[x]²): numpy's std measured ~40 us a call on these small
+    arrays (most of the statistics' cost); float64 keeps the difference exact enough."""
+    mean = x.mean(axis=axis)
+    return np.sqrt(np.maximum((x * x).mean(axis=axis) - mean * mean, 0.0))
+
+
+def statistics(grouped_power: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """:func:`content_features` from grouped power: ``(N_GROUPS, n_frames)`` -> ``(42,)``, or a
+    batch ``(N, N_GROUPS, n_frames)`` -> ``(N, 42)``.
+
+    One vectorised pass over a whole micro-batch: the arrays are small, so per-call overhead,
+    not arithmetic, is the cost, and a batch pays it once (the daemon classifies a batch at a time).
+    """
+    single = grouped_power.ndim == 2
+    g = grouped_power[None] if single else grouped_power
+    g = g.astype(np.float64)
+    db = 10.0 * np.log10(np.maximum(g, 1e-20))
+    db = np.maximum(db, db.max(axis=(1, 2), keepdims=True) - DYNAMIC_RANGE_DB)
+    db -= db.mean(axis=(1, 2), keepdims=True)  # level-free: only shape and movement are left
+    shape = db.mean(axis=2)
+    band_std = _std(db, axis=2)
+    steps = np.diff(db, axis=2)
+    band_flux = np.abs(steps).mean(axis=2)
+    flux = np.maximum(steps, 0.0).mean(axis=1)
+    total = g.sum(axis=1)
+    energy = 10.0 * np.log10(np.maximum(total, 1e-20))
+    energy = np.maximum(energy, energy.max(axis=1, keepdims=True) - DYNAMIC_RANGE_DB)
     # Speech alternates syllables and pauses at ~4 Hz; the share of the envelope's modulation
     # energy in 2-8 Hz separates it from most music, whose envelope is steadier or beat-driven.
     frame_rate = recipe.sample_rate / recipe.hop_length
-    spectrum = np.abs(np.fft.rfft(energy - energy.mean())) ** 2
-    freqs = np.fft.rfftfreq(energy.shape[0], 1.0 / frame_rate)
+    spectrum = np.abs(np.fft.rfft(energy - energy.mean(axis=1, keepdims=True), axis=1)) ** 2
+    freqs = np.fft.rfftfreq(energy.shape[1], 1.0 / frame_rate)
     in_band = (freqs >= SYLLABLE_BAND_HZ[0]) & (freqs <= SYLLABLE_BAND_HZ[1])
-    modulation = spectrum[in_band].sum() / max(spectrum[1:].sum(), 1e-12)
-    centre = np.arange(N_GROUPS, dtype=np.float32)[:, None]
-    weights = np.power(10.0, grouped / 10.0)
-    centroid = (centre * weights).sum(axis=0) / weights.sum(axis=0)
-    extra = np.array([flux.mean(), flux.std(), energy.std(), np.mean(energy < energy.mean() - 10.0),
-                      modulation, centroid.std()])
-    return np.concatenate([shape, band_std, band_flux, extra]).astype(np.float32)
+    modulation = spectrum[:, in_band].sum(axis=1) / np.maximum(spectrum[:, 1:].sum(axis=1), 1e-12)
+    centroid = np.einsum("g,ngt->nt", np.arange(N_GROUPS, dtype=np.float64), g) / np.maximum(total, 1e-20)
+    low_energy = (energy < energy.mean(axis=1, keepdims=True) - 10.0).mean(axis=1)
+    extra = np.stack([flux.mean(axis=1), _std(flux, axis=1), _std(energy, axis=1), low_energy, modulation,
+                      _std(centroid, axis=1)], axis=1)
+    features = np.concatenate([shape, band_std, band_flux, extra], axis=1).astype(np.float32)
+    return features[0] if single else features
 
 
 @dataclass(frozen=True)
@@ -140,8 +180,9 @@ class ContentModel:
     ----------
     path : Path
         JSON written by ``training/content.py``: ``version``, ``classes``, ``feature_names``,
-        ``mean``/``scale`` (standardisation), ``coef`` (classes x features), ``intercept`` and
-        ``features`` (the front end it was trained on, which must equal the genre model's).
+        ``mean``/``scale`` (standardisation), ``layers`` (``[{"weights": in x out, "bias": out}]``,
+        ReLU between layers, softmax after the last) and ``features`` (the front end it was
+        trained on, which must equal the genre model's).
     silence_dbfs : float
         Windows quieter than this are silence.
     silence_ramp_db : float
@@ -156,8 +197,8 @@ class ContentModel:
             spec = json.loads(path.read_text())
             self.version = str(spec["version"])
             self.features = dict(spec["features"])
-            self.coef = np.asarray(spec["coef"], np.float64)
-            self.intercept = np.asarray(spec["intercept"], np.float64)
+            self.layers = [(np.asarray(layer["weights"], np.float64), np.asarray(layer["bias"], np.float64))
+                           for layer in spec["layers"]]
             self.mean = np.asarray(spec["mean"], np.float64)
             self.scale = np.asarray(spec["scale"], np.float64)
             classes, names = tuple(spec["classes"]), tuple(spec["feature_names"])
@@ -165,11 +206,16 @@ class ContentModel:
             raise ContentModelError(f"invalid content model {path}: {exc}") from exc
         if classes != MODEL_CLASSES or names != FEATURE_NAMES:
             raise ContentModelError(f"{path}: classes/features {classes}/{len(names)} do not match this code")
-        if self.coef.shape != (len(classes), len(names)) or self.intercept.shape != (len(classes),):
-            raise ContentModelError(f"{path}: weights of shape {self.coef.shape} do not fit")
+        width = len(names)
+        for weights, bias in self.layers:
+            if weights.ndim != 2 or weights.shape[0] != width or bias.shape != (weights.shape[1],):
+                raise ContentModelError(f"{path}: a layer of shape {weights.shape} does not fit {width} inputs")
+            width = weights.shape[1]
+        if not self.layers or width != len(classes):
+            raise ContentModelError(f"{path}: the last layer must give {len(classes)} outputs")
         self.silence_dbfs = silence_dbfs
         self.silence_ramp_db = silence_ramp_db
-        self._gain: np.ndarray | None = None
+        self._groups: np.ndarray | None = None
 
     def check_recipe(self, recipe: FeatureRecipe) -> None:
         """The statistics are only meaningful on the front end the regression was fitted on.
@@ -179,24 +225,41 @@ class ContentModel:
         """
         if without_level(FeatureRecipe.from_dict(self.features)) != without_level(recipe):
             raise ContentModelError("content model was trained on another feature recipe than the genre model's")
-        self._gain = band_gain(recipe)
+        self._groups = group_matrix(recipe)
 
     def classify(self, logmel: np.ndarray, recipe: FeatureRecipe, level_gain_db: float = 0.0) -> ContentState:
-        """``level_gain_db``: the level normalisation's gain in ``logmel`` (``Window.level_gain_db``)."""
-        if self._gain is None:
+        """One model input ``(1, n_mels, n_frames)``; ``level_gain_db`` as in :meth:`classify_batch`."""
+        return self.classify_batch(logmel[None], recipe, np.array([level_gain_db]))[0]
+
+    def classify_batch(self, logmels: np.ndarray, recipe: FeatureRecipe, level_gains_db: np.ndarray | None = None
+                       ) -> list[ContentState]:
+        """Model inputs ``(N, 1, n_mels, n_frames)`` (the genre model's micro-batch) -> N states.
+
+        ``level_gains_db``: each input's level normalisation (``Window.level_gain_db``), undone
+        first so that levels and silence are those of the audio as it arrived.
+        """
+        if self._groups is None:
             self.check_recipe(recipe)
-        assert self._gain is not None
-        power = mel_power(logmel, recipe) * np.float32(10.0 ** (-level_gain_db / 10.0))
-        level = level_of(power, self._gain)
-        p_silence = 1.0 / (1.0 + np.exp((level - self.silence_dbfs) / (self.silence_ramp_db / 4.0)))
-        if p_silence > 0.999:  # nothing audible to classify; also skips the statistics' cost
-            sound = np.array([1 / 3, 1 / 3, 1 / 3])
-        else:
-            z = (statistics(power, recipe, self._gain) - self.mean) / self.scale
-            logits = self.coef @ z + self.intercept
-            sound = np.exp(logits - logits.max())
-            sound /= sound.sum()
-        probs = dict(zip(MODEL_CLASSES, (sound * (1.0 - p_silence)).tolist(), strict=True))
-        probs["silence"] = float(p_silence)
-        state = "silence" if level < self.silence_dbfs else max(MODEL_CLASSES, key=probs.__getitem__)
-        return ContentState(state, {k: round(v, 5) for k, v in probs.items()}, round(level, 2))
+        assert self._groups is not None
+        power = undo_level_gain(mel_power(logmels, recipe), level_gains_db)
+        grouped = self._groups @ power  # (N, N_GROUPS, n_frames)
+        levels = level_of(grouped)
+        p_silence = 1.0 / (1.0 + np.exp((levels - self.silence_dbfs) / (self.silence_ramp_db / 4.0)))
+        sound = np.full((len(levels), len(MODEL_CLASSES)), 1.0 / len(MODEL_CLASSES))
+        audible = p_silence <= 0.999  # nothing audible to classify in the others: skip their cost
+        if audible.any():
+            z = (statistics(grouped[audible], recipe) - self.mean) / self.scale
+            for index, (weights, bias) in enumerate(self.layers):
+                z = z @ weights + bias
+                if index < len(self.layers) - 1:
+                    z = np.maximum(z, 0.0)
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            sound[audible] = z / z.sum(axis=1, keepdims=True)
+        states = []
+        for level, silent_p, row in zip(levels.tolist(), p_silence.tolist(), sound * (1.0 - p_silence[:, None]),
+                                        strict=True):
+            probs = dict(zip(MODEL_CLASSES, row.tolist(), strict=True))
+            probs["silence"] = silent_p
+            state = "silence" if level < self.silence_dbfs else max(MODEL_CLASSES, key=probs.__getitem__)
+            states.append(ContentState(state, {k: round(v, 5) for k, v in probs.items()}, round(level, 2)))
+        return states

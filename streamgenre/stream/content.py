@@ -21,9 +21,10 @@ from streamgenre.model.content import (
     ContentModel,
     ContentModelError,
     ContentState,
-    band_gain,
+    group_matrix,
     level_of,
     mel_power,
+    undo_level_gain,
 )
 from streamgenre.model.features import FeatureRecipe
 from streamgenre.stream.metrics import Metrics
@@ -33,16 +34,18 @@ from streamgenre.stream.wire import StreamAlert, encode_json
 log = logging.getLogger(__name__)
 
 
-def level_only_state(logmel: np.ndarray, recipe: FeatureRecipe, gain: np.ndarray, silence_dbfs: float,
-                     level_gain_db: float = 0.0) -> ContentState:
+def level_only_states(logmels: np.ndarray, recipe: FeatureRecipe, groups: np.ndarray,
+                      silence_dbfs: float, level_gains_db: np.ndarray | None = None) -> list[ContentState]:
     """Without a content model: silence by level, every audible window music (the old assumption).
 
-    ``level_gain_db`` (the window's level normalisation, ``Window.level_gain_db``) is undone first.
+    ``level_gains_db`` (each window's level normalisation, ``Window.level_gain_db``) is undone first.
     """
-    level = level_of(mel_power(logmel, recipe), gain) - level_gain_db
-    silent = level < silence_dbfs
-    probs = {name: 0.0 for name in MODEL_CLASSES} | {"music": 0.0 if silent else 1.0, "silence": 1.0 if silent else 0.0}
-    return ContentState("silence" if silent else "music", probs, round(level, 2))
+    states = []
+    for level in level_of(groups @ undo_level_gain(mel_power(logmels, recipe), level_gains_db)).tolist():
+        silent = level < silence_dbfs
+        probs = {name: 0.0 for name in MODEL_CLASSES} | {"music": 0.0 if silent else 1.0, "silence": float(silent)}
+        states.append(ContentState("silence" if silent else "music", probs, round(level, 2)))
+    return states
 
 
 class ContentStage:
@@ -74,16 +77,17 @@ class ContentStage:
                             "a content model fitted on this front end (training/content.py)", exc)
                 self.model = None
         metrics.content_model_loaded.set(0 if self.model is None else 1)
-        self._gain = band_gain(recipe)
+        self._groups = group_matrix(recipe)
         self.segmenters: dict[str, Segmenter] = {}
         self.down: dict[str, float] = {}  # stream -> stream time of its last audio
         self._not_music_since: dict[str, float] = {}
 
-    def classify(self, logmel: np.ndarray, level_gain_db: float = 0.0) -> ContentState:
-        """State of a window; ``level_gain_db`` is its level normalisation (``Window.level_gain_db``)."""
+    def classify(self, logmels: np.ndarray, level_gains_db: np.ndarray | None = None) -> list[ContentState]:
+        """States of a micro-batch of model inputs ``(N, 1, n_mels, n_frames)``; ``level_gains_db``:
+        their level normalisation (``Window.level_gain_db``), undone before measuring levels."""
         if self.model is None:
-            return level_only_state(logmel, self.recipe, self._gain, self.settings.silence_dbfs, level_gain_db)
-        return self.model.classify(logmel, self.recipe, level_gain_db)
+            return level_only_states(logmels, self.recipe, self._groups, self.settings.silence_dbfs, level_gains_db)
+        return self.model.classify_batch(logmels, self.recipe, level_gains_db)
 
     def new_programme(self, stream_id: str, state: str, t_start: float) -> bool:
         """True when this music window follows at least ``segment_min_s`` of non-music: the

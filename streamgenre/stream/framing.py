@@ -399,6 +399,8 @@ def expected_windows(stream_id: str, ts_ms: int, n_input: int, input_rate: int, 
                      hop_frames: int) -> int:
     """How many windows a stream of ``n_input`` samples starting at ``ts_ms`` produces (one segment, eos).
 
+    At least one when there is any audio: the short window of :meth:`StreamState.short_window`.
+
     The resampler's output length is rounded to the nearest sample, as soxr's streaming
     resampler gives it once told the last chunk has come.
     """
@@ -409,4 +411,6 @@ def expected_windows(stream_id: str, ts_ms: int, n_input: int, input_rate: int, 
     n_out = n_input if input_rate == rate else math.floor(n_input * rate / input_rate + 0.5)
     first = math.ceil((anchor - phase) / hop_samples)
     last = math.floor((anchor + n_out - recipe.window_samples - phase) / hop_samples)
-    return max(0, last - first + 1)
+    on_grid = max(0, last - first + 1)
+    # An ended stream with audio but no grid window gets its one short window (StreamState.short_window).
+    return on_grid if on_grid or n_out <= 0 else 1

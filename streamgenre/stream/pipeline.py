@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from streamgenre.config import Settings
+from streamgenre.model.content import ContentState
 from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import log_mel, window_input
 from streamgenre.stream.batching import MicroBatcher
@@ -218,13 +219,15 @@ class Pipeline:
         """Infer one micro-batch and publish its predictions, events and Redis writes."""
         windows = self.batcher.take()
         started = time.perf_counter()
-        probs, embeddings = self.model.predict(np.stack([w.logmel for w in windows]))
+        logmels = np.stack([w.logmel for w in windows])
+        probs, embeddings = self.model.predict(logmels)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(windows))
+        contents = self.content.classify(logmels, np.array([w.level_gain_db for w in windows]))
         timeline: list[tuple[str, bytes]] = []
         latest: dict[str, bytes] = {}
-        for window, window_probs, embedding in zip(windows, probs, embeddings, strict=True):
-            prediction, value = self._publish(window, window_probs)
+        for window, window_probs, embedding, content in zip(windows, probs, embeddings, contents, strict=True):
+            prediction, value = self._publish(window, window_probs, content)
             timeline.append((window.stream_id, value))
             latest[window.stream_id] = self._with_neighbours(window.stream_id, prediction, value, embedding)
         segments, self._closed_segments = self._closed_segments, []
@@ -238,7 +241,7 @@ class Pipeline:
             self.metrics.e2e_latency.observe(max(0.0, wall_now - window.chunk_ts_ms / 1000))
         self.metrics.windows.inc(len(windows))
 
-    def _publish(self, window: Window, probs: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    def _publish(self, window: Window, probs: np.ndarray, content: ContentState) -> tuple[dict[str, Any], bytes]:
         """Send a window's prediction (and a genre event if the smoothed genre changed).
 
         Returns the prediction and its JSON bytes, which Redis stores as they were sent.
@@ -249,7 +252,6 @@ class Pipeline:
         contract; ``tests/test_e2e.py`` validates every published message against it.
         """
         labels = self.model.labels
-        content = self.content.classify(window.logmel, window.level_gain_db)
         new_programme = self.content.new_programme(window.stream_id, content.state, window.t_start)
         smoother = self.smoothers.get(window.stream_id)
         if smoother is None or new_programme:

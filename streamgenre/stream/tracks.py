@@ -30,7 +30,7 @@ TRACK_STREAM_ID = "track"
 
 
 class TooShort(ValueError):
-    """The audio is shorter than one model window, so there is nothing to classify."""
+    """The file decodes to no audio at all, so there is nothing to classify."""
 
 
 class Neighbours(Protocol):
@@ -40,7 +40,7 @@ class Neighbours(Protocol):
 class ContentClassifier(Protocol):
     """The daemon's content stage (:class:`streamgenre.stream.content.ContentStage`)."""
 
-    def classify(self, logmel: np.ndarray, level_gain_db: float = 0.0) -> ContentState: ...
+    def classify(self, logmels: np.ndarray, level_gains_db: np.ndarray | None = None) -> list[ContentState]: ...
 
 
 def aligned_anchor_ms(stream_id: str, recipe_rate: int, hop_samples: int) -> int:
@@ -145,9 +145,8 @@ class TrackClassifier:
                  timeout_s: float = 300.0) -> dict[str, Any]:
         """Classify one decoded track; the JSON-ready result (see :func:`summarise`)."""
         windows = self.frame(first, more, rate)
-        if not windows:
-            window_s = self.model.recipe.window_samples / self.model.recipe.sample_rate
-            raise TooShort(f"audio shorter than one {window_s:.2f} s window")
+        if not windows:  # audio shorter than a window still gets one (the framer's short window)
+            raise TooShort("the file holds no audio")
         track = self._submit(windows)
         if not track.done.wait(timeout_s):
             raise TimeoutError("inference did not finish in time")
@@ -157,8 +156,9 @@ class TrackClassifier:
         origin = windows[0].t_start
         states = None
         if self.content is not None:  # in the caller's thread: the inference thread stays on the model
-            states = [{"state": c.state, "state_probs": c.probs, "level_dbfs": c.level_dbfs}
-                      for c in (self.content.classify(w.logmel, w.level_gain_db) for w in windows)]
+            contents = self.content.classify(np.stack([w.logmel for w in windows]),
+                                             np.array([w.level_gain_db for w in windows]))
+            states = [{"state": c.state, "state_probs": c.probs, "level_dbfs": c.level_dbfs} for c in contents]
         result = summarise(self.model.labels, probs, [w.t_start - origin for w in windows],
                            [w.t_end - origin for w in windows], states)
         result["windows"] = len(windows)
