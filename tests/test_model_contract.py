@@ -78,3 +78,13 @@ def test_time_calls_counts_calls_and_cpu() -> None:
     rate = time_calls(lambda: sum(range(1000)), seconds=0.05)
     assert rate.calls > 0 and rate.wall_s >= 0.05 and rate.cpu_s > 0
     assert rate.per_s(2) == pytest.approx(2 * rate.calls / rate.wall_s)
+
+
+def test_model_profiles_resolve_to_files(tmp_path: Path) -> None:
+    from streamgenre.config import MODEL_PROFILES, Settings
+
+    assert Settings(model="fast", model_dir=tmp_path).model_path == tmp_path / MODEL_PROFILES["fast"]
+    assert Settings(model=str(tmp_path / "x.onnx")).model_path == tmp_path / "x.onnx"
+    assert Settings(model="fast", model_path=tmp_path / "y.onnx").model_path == tmp_path / "y.onnx"
+    for name in MODEL_PROFILES:  # every profile the settings name is shipped and honours the contract
+        GenreModel(Settings(model=name).model_path)
