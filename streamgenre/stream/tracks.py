@@ -112,8 +112,7 @@ class TrackClassifier:
         self.model = model
         self.content = content
         recipe = model.recipe
-        self.hop_frames = (max(1, round(hop_s * recipe.sample_rate / recipe.hop_length)) if hop_s
-                           else model.spec.hop_frames)
+        self.hop_frames = recipe.seconds_to_frames(hop_s) if hop_s else model.spec.hop_frames
         self.catalog, self.neighbours_k, self.metrics = catalog, neighbours_k, metrics
         self._batcher = MicroBatcher(max_batch, max_wait_ms)
         self._owners: dict[int, tuple[_Track, int]] = {}
