@@ -252,3 +252,4 @@ def test_silence_is_classified_as_silence_without_a_genre(api: tuple[str, Settin
     body = response.json()
     assert body["genre"] is None and body["probabilities"] is None and body["states"] == {"silence": 1.0}
     assert all(w["state"] == "silence" and w["genre"] is None for w in body["timeline"])
+

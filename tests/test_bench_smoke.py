@@ -168,3 +168,14 @@ def test_memory_run_holds_every_stream(test_model: Path) -> None:
     assert r["rss_held_mb"] >= r["rss_before_mb"] > 0
     assert r["state_bytes_per_stream"] > 0 and r["rss_bytes_per_stream"] > 0
     json.dumps(r)
+
+
+def test_pinned_layout_gives_the_daemon_the_last_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    layout = make_layout("pinned")
+    assert (layout.daemon_cpus, layout.other_cpus) == ((3,), (0, 1, 2))
+    assert layout.describe() == {"mode": "pinned", "daemon_cpus": [3], "other_cpus": [0, 1, 2]}
+    assert make_layout("shared").describe() == {"mode": "shared", "daemon_cpus": [], "other_cpus": []}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {5})
+    with pytest.raises(ValueError, match="more than 1 CPU"):
+        make_layout("pinned")

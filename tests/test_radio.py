@@ -298,7 +298,12 @@ def test_check_song_speech_silence_song_segments_titles_dead_air_and_reconnect(
     positions = [story.index(pair) for pair in expected if pair in story]
     assert len(positions) == 2 and positions == sorted(positions), story
     songs = [item.title for item in programme if item.kind == "music"]
-    assert story[positions[0] - 1] == ("music", songs[0]), story
+    # The content model may call the start of the news "mixed" (its weak class, model card): the
+    # news item is speech-or-mixed segments, at least one of them speech, right after the first song.
+    news = [i for i, (_, title) in enumerate(story) if title == titles["speech"]]
+    assert news == list(range(news[0], news[-1] + 1)), story
+    assert {story[i][0] for i in news} <= {"speech", "mixed"}, story
+    assert story[news[0] - 1] == ("music", songs[0]), story
     # The second song follows the silence. It is sung: its start may be "mixed" (voice over music).
     assert story[positions[1] + 1][1] == songs[1] and story[positions[1] + 1][0] in {"music", "mixed"}, story
     assert ("music", songs[1]) in story[positions[1] + 1:], story

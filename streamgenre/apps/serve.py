@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 
 import uvicorn
@@ -53,8 +54,16 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     _check_port_free(args.host or settings.api_host, args.port or settings.api_port)
     server = build_server(settings, args.host, args.port)
     log.info("HTTP API on %s:%d (model %s)", server.config.host, server.config.port, settings.model_path.name)
-    server.run()
-    return 0 if server.started else 2
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found before:
+    # the default one would end a clean shutdown with 143 or a KeyboardInterrupt traceback. With
+    # these, a drained server exits 0, as the daemon does (docs/ARCHITECTURE.md, exit codes).
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, lambda _sig, _frame: None)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits 3 when it cannot bind: the port taken since _check_port_free
+        raise UsageError(f"cannot listen on {server.config.host}:{server.config.port} (see the log above)") from None
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
