@@ -51,7 +51,7 @@ COPY model/ /app/model/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    STREAMGENRE_MODEL_PATH=/app/model/genre_cnn.onnx \
+    STREAMGENRE_MODEL_DIR=/app/model \
     STREAMGENRE_CONTENT_MODEL_PATH=/app/model/content.json \
     NUMBA_CACHE_DIR=/tmp/numba-cache
 WORKDIR /app

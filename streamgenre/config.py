@@ -9,10 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "model" / "genre_cnn.onnx"
+SHIPPED_MODEL_DIR = SHIPPED_MODEL.parent
+#: Model profiles (``STREAMGENRE_MODEL``): ONNX files relative to ``STREAMGENRE_MODEL_DIR``. Measured
+#: side by side in ``model/MODEL_CARD.md``; ``accurate`` is the best on gtzan-mini test, ``fast`` the
+#: musicnn MSD branch alone (half the tagger's cost), ``student`` the distilled paper-sized CNN.
+MODEL_PROFILES: dict[str, str] = {
+    "accurate": "genre_cnn.onnx",
+    "fast": "fast/genre_cnn.onnx",
+    "student": "student/genre_cnn.onnx",
+}
+DEFAULT_MODEL = "accurate"
 SHIPPED_CONTENT_MODEL = SHIPPED_MODEL.parent / "content.json"
 
 
@@ -88,7 +98,16 @@ class Settings(BaseSettings):
     redis_retry_s: float = Field(2.0, description="How long a failed Redis write is retried before it is skipped.")
 
     # Model and pipeline
-    model_path: Path = Field(SHIPPED_MODEL, description="ONNX model; its JSON sidecar sits beside it.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Model to serve: a profile (`accurate`, `fast`, `student`; see the model card) or the path of "
+        "an ONNX file with its JSON sidecar beside it.",
+    )
+    model_dir: Path = Field(SHIPPED_MODEL_DIR, description="Folder of the profiles' model files.")
+    model_path: Path | None = Field(
+        None, description="ONNX file to serve; overrides STREAMGENRE_MODEL (older deployments). Unset: resolved "
+        "from STREAMGENRE_MODEL.",
+    )
     ort_threads: int = Field(1, description="onnxruntime intra-op threads.")
     # `streamgenre run` starts this many daemon processes in one consumer group (worker i serves
     # metrics on metrics_port + i). Processes, not threads: framing and publishing hold the GIL.
@@ -102,6 +121,11 @@ class Settings(BaseSettings):
         64, ge=1, description="Records the worker takes from its queue per step; their audio shares one FFT/mel pass."
     )
     queue_max_chunks: int = Field(2000, description="Bounded work queue; partitions pause when it is full.")
+    # 0.5 because the served probabilities are calibrated (sidecar temperature): below it a window's
+    # genre is more likely wrong than right.
+    uncertain_below: float = Field(
+        0.5, ge=0, le=1, description="A prediction whose calibrated confidence is below this is flagged uncertain."
+    )
     ema_alpha: float = Field(0.3, description="Weight of the newest window in the smoothed probabilities.")
     change_min_s: float = Field(6.0, description="A new genre must lead this long before a change event.")
     content_model_path: Path | None = Field(
@@ -156,6 +180,14 @@ class Settings(BaseSettings):
         "WARNING", description="Logging level of the kafka-python client (its INFO lines are connection chatter).",
     )
 
+    @model_validator(mode="after")
+    def _resolve_model(self) -> Settings:
+        """``model_path`` is the file served: explicit, else the profile's file, else ``model`` as a path."""
+        if self.model_path is None:
+            profile = MODEL_PROFILES.get(self.model)
+            self.model_path = self.model_dir / profile if profile else Path(self.model)
+        return self
+
     def kafka_security(self) -> dict[str, Any]:
         """kafka-python keyword arguments for TLS/SASL, passed through unchanged."""
         options: dict[str, Any] = {"security_protocol": self.security_protocol}
@@ -176,9 +208,8 @@ def settings_table() -> str:
         default = field.default
         if isinstance(default, SecretStr):
             default = default.get_secret_value()
-        elif isinstance(default, Path):
-            default = (default.relative_to(SHIPPED_MODEL.parent.parent)
-                       if default in (SHIPPED_MODEL, SHIPPED_CONTENT_MODEL) else default)
+        elif isinstance(default, Path) and default.is_relative_to(SHIPPED_MODEL_DIR):
+            default = default.relative_to(SHIPPED_MODEL_DIR.parent)
         rows.append(f"| `STREAMGENRE_{name.upper()}` | `{default}` | {field.description} |")
     return "\n".join(rows)
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from streamgenre.config import Settings
+from streamgenre.config import MODEL_PROFILES, Settings
 from streamgenre.stream.metrics import Health, Metrics, serve_http
 
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: install the test extra or run deploy/check.sh")
@@ -49,7 +49,7 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 # values.config entries that deliberately differ from the Settings defaults.
 CHART_OVERRIDES = {
     "bootstrap_servers": "a loopback broker is meaningless in a cluster",
-    "model_path": "the image bakes the model at /app/model, not beside the source tree",
+    "model_dir": "the image bakes the models at /app/model, not beside the source tree",
     "content_model_path": "the image bakes the model at /app/model, not beside the source tree",
 }
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
@@ -334,7 +334,7 @@ def test_helm_default_render(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(config) == {f"STREAMGENRE_{k.upper()}" for k, v in values.items() if v is not None}
     settings = settings_from_env(config, monkeypatch)
     assert settings.max_message_bytes == 16 * 1024 * 1024  # not 1.6777216e+07
-    assert str(settings.model_path) == "/app/model/genre_cnn.onnx"
+    assert settings.model_path == Path("/app/model") / MODEL_PROFILES[settings.model]
 
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]

@@ -1,8 +1,9 @@
 """The shipped model (musicnn taggers + head) reproduces its reported gtzan-mini figure.
 
-Runs in the main venv (onnxruntime only, no TensorFlow) with the very function that wrote
-``model/report/mini_test.json`` (:func:`training.fit_head.evaluate_shipped`), so a changed
-model, front end or window cutting that moves the accuracy shows up here. Skips when the
+Runs in the main venv (onnxruntime only, no TensorFlow): :func:`training.fit_head.evaluate_shipped`
+(sidecar recipe, served probabilities) must give the figures ``python -m training.scorecard``
+wrote to ``model/report/accurate/report.json``, so a changed model, front end or window cutting
+that moves the accuracy shows up here. Skips when the
 shared gtzan-mini copy is not on the machine.
 """
 
@@ -20,7 +21,7 @@ from streamgenre.model.features import FeatureRecipe
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO.parent / "shared" / "data" / "gtzan-mini"
 MODEL = REPO / "model" / "genre_cnn.onnx"
-REPORT = REPO / "model" / "report" / "mini_test.json"
+REPORT = REPO / "model" / "report" / "accurate" / "report.json"
 
 
 def test_contract_outputs_and_dynamic_batch() -> None:
@@ -44,7 +45,9 @@ def test_contract_outputs_and_dynamic_batch() -> None:
 def test_mini_test_accuracy_matches_report() -> None:
     from training.fit_head import evaluate_shipped
 
-    reported = json.loads(REPORT.read_text())["head"]
+    reported = json.loads(REPORT.read_text())
+    assert reported["version"] == json.loads(MODEL.with_suffix(".json").read_text())["version"]
+    reported = reported["mini_test"]
     measured = evaluate_shipped(MODEL, MINI)
     assert measured["n_clips"] == reported["n_clips"]
     assert abs(measured["clip_accuracy"] - reported["clip_accuracy"]) <= 0.005
@@ -72,8 +75,9 @@ def test_student_mini_test_accuracy_matches_report() -> None:
     from training.data import load_split
     from training.evaluate import evaluate_onnx
 
-    reported = json.loads((REPO / "model" / "report" / "metrics.json").read_text())["mini"]["distilled_cnn"]
+    reported = json.loads((REPO / "model" / "report" / "student" / "report.json").read_text())
     assert reported["version"] == json.loads(STUDENT.with_suffix(".json").read_text())["version"]
+    reported = reported["mini_test"]
     measured = evaluate_onnx(STUDENT, load_split(MINI, "mini")["test"], cache_dir=None, progress=False)
     assert measured["n_clips"] == reported["n_clips"]
     assert abs(measured["clip_accuracy"] - reported["clip_accuracy"]) <= 0.005

@@ -16,12 +16,13 @@ import pytest
 import soundfile as sf
 import torch
 
+from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import FeatureRecipe, window_input
 from training import augment
 from training.cnn import build_model, build_random_onnx, export_onnx
 from training.data import cached_log_mel, load_split
 from training.distill import aligned_teacher_starts, teacher_targets
-from training.evaluate import OnnxGenreModel, evaluate_onnx
+from training.evaluate import evaluate_onnx
 from training.evaluate import main as evaluate_main
 from training.train import DistillSampler, TrainConfig, run_protocol
 from training.train import main as train_main
@@ -117,7 +118,7 @@ STUDENT = FeatureRecipe(sample_rate=16000, n_fft=512, hop_length=128, n_mels=32,
 
 def test_teacher_labels_the_student_windows_at_the_same_instants(trained: tuple[Path, Path, dict]) -> None:
     out, root, _summary = trained
-    teacher = OnnxGenreModel.load(out / "genre_cnn.onnx")
+    teacher = GenreModel(out / "genre_cnn.onnx")
     # Student frame 16 is 16 * 128 / 16000 = 0.128 s, teacher frame 0.128 * 22050 / 256 = 11.03.
     np.testing.assert_array_equal(aligned_teacher_starts([0, 16, 32], STUDENT, teacher.recipe), [0, 11, 22])
 
@@ -130,7 +131,8 @@ def test_teacher_labels_the_student_windows_at_the_same_instants(trained: tuple[
     n_windows = len(range(0, n_student - STUDENT.n_frames + 1, 16))
     assert 0 < len(targets) <= n_windows
     starts = aligned_teacher_starts(range(0, 16 * len(targets), 16), STUDENT, teacher.recipe)
-    expected, _ = teacher.run(np.stack([window_input(teacher_frames[:, s : s + 32], teacher.recipe) for s in starts]))
+    windows = np.stack([window_input(teacher_frames[:, s : s + 32], teacher.recipe) for s in starts])
+    expected, _ = teacher.predict(windows)
     columns = [teacher.labels.index(label) for label in labels]
     np.testing.assert_allclose(targets, expected[:, columns], atol=1e-6)
     with pytest.raises(ValueError, match="no output for"):
@@ -195,7 +197,7 @@ def test_pytorch_and_onnxruntime_agree_at_any_batch_size(tmp_path: Path) -> None
 def test_evaluate_onnx_scores_every_clip(trained: tuple[Path, Path, dict]) -> None:
     out, root, _summary = trained
     clips = load_split(root, "random")["test"]
-    model = OnnxGenreModel.load(out / "genre_cnn.onnx")
+    model = GenreModel(out / "genre_cnn.onnx")
     result = evaluate_onnx(model, clips, cache_dir=out / "cache", progress=False)
     assert result["n_clips"] == len(clips) == 3
     assert {c["clip"] for c in result["clips"]} == {c.clip_id for c in clips}
@@ -206,8 +208,8 @@ def test_evaluate_onnx_scores_every_clip(trained: tuple[Path, Path, dict]) -> No
 def test_random_init_model_for_benchmarks(tmp_path: Path) -> None:
     meta = build_random_onnx(tmp_path / "random.onnx", recipe=RECIPE, labels=["a", "b"])
     assert meta["labels"] == ["a", "b"] and meta["version"] == "paper-cnn-random-init"
-    model = OnnxGenreModel.load(tmp_path / "random.onnx")
-    probs, embedding = model.run(np.zeros((3, 1, 32, 32), np.float32))
+    model = GenreModel(tmp_path / "random.onnx")
+    probs, embedding = model.predict(np.zeros((3, 1, 32, 32), np.float32))
     assert probs.shape == (3, 2) and embedding.shape == (3, 128)
 
 

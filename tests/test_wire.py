@@ -155,7 +155,7 @@ def test_hot_path_json_matches_pydantic_output() -> None:
     """The worker writes predictions with json.dumps; the bytes must be what the schema model writes."""
     payload = {
         "schema_version": 1, "stream_id": "radio-ü-7", "window_seq": 588235294, "t_start": 1760000000.25,
-        "t_end": 1760000003.2224, "ts": 1760000003222, "genre": "jazz", "confidence": 0.91234,
+        "t_end": 1760000003.2224, "ts": 1760000003222, "genre": "jazz", "confidence": 0.91234, "uncertain": False,
         "probs": {"jazz": 0.91234, "rock": 0.08766}, "smoothed_genre": "jazz",
         "smoothed_probs": {"jazz": 0.8, "rock": 0.2}, "model_version": "m-1", "latency_ms": 12.5,
         "title": "Café Tacvba – Eres",

@@ -19,12 +19,10 @@ blocked conv kernels are about 2x slower otherwise.
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -272,23 +270,9 @@ def benchmark_onnx(
         time. With one thread, ``cpu`` is the one-core rate even when other processes compete
         for the cores (``wall`` then under-states it); on an idle machine they agree.
     """
-    import onnxruntime as ort
+    from streamgenre.model.contract import make_session, session_throughput
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    shape = session.get_inputs()[0].shape
-    x = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
-    for _ in range(2):
-        session.run(None, {"logmel": x})
-    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
-        session.run(None, {"logmel": x})
-        calls += 1
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return {"wall": calls * batch / wall, "cpu": calls * batch / max(cpu, 1e-9)}
+    return session_throughput(make_session(path, threads), batch, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:

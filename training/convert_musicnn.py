@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from musicnn import configuration as musicnn_config
 from musicnn import models as musicnn_models
 from onnx import TensorProto, helper, numpy_helper
 
-from streamgenre.model.contract import build_sidecar
+from streamgenre.model.contract import build_sidecar, make_session, run_batched, session_throughput
 from training.data import GTZAN_GENRES, load_split
 from training.fit_head import (
     EXAMPLES_ROOT,
@@ -61,7 +60,6 @@ from training.fit_head import (
     examples_check,
     fit_head,
     head_features,
-    make_session,
     model_outputs,
     run_session,
     split_windows,
@@ -242,12 +240,7 @@ def add_head(tagger_model: onnx.ModelProto, head: Head) -> onnx.ModelProto:
 def conversion_check(taggers: list[Tagger], model: onnx.ModelProto, windows: np.ndarray) -> dict[str, Any]:
     """Max |ONNX − TF| of tags and embeddings on ``windows``; raises above :data:`MAX_TAG_DIFF`."""
     session = make_session(model.SerializeToString(), threads=2)
-    onnx_out = {}
-    for start in range(0, len(windows), 64):
-        outs = session.run(["msd_tags", "mtt_tags", "embedding"], {"logmel": windows[start : start + 64]})
-        for name, out in zip(["msd_tags", "mtt_tags", "embedding"], outs, strict=True):
-            onnx_out.setdefault(name, []).append(out)
-    onnx_out = {k: np.concatenate(v) for k, v in onnx_out.items()}
+    onnx_out = run_batched(session, windows, ["msd_tags", "mtt_tags", "embedding"], 64)
     result: dict[str, Any] = {"n_windows": len(windows)}
     tf_pens = []
     for tagger in taggers:
@@ -264,16 +257,10 @@ def conversion_check(taggers: list[Tagger], model: onnx.ModelProto, windows: np.
     return result
 
 
-def throughput(model_path: Path, windows: np.ndarray, threads: int, batch: int = 64, seconds: float = 8.0) -> float:
+def throughput(model_path: Path, threads: int, batch: int = 64, seconds: float = 8.0) -> float:
     """Windows/s of ``probs`` + ``embedding`` at ``batch`` with ``threads`` intra-op threads."""
     session = make_session(model_path, threads)
-    x = np.ascontiguousarray(windows[:batch])
-    session.run(["probs", "embedding"], {"logmel": x})
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(["probs", "embedding"], {"logmel": x})
-        runs += 1
-    return runs * batch / (time.perf_counter() - start)
+    return session_throughput(session, batch, seconds, outputs=["probs", "embedding"])["wall"]
 
 
 def sidecar(embedding_dim: int) -> dict[str, Any]:
@@ -340,12 +327,12 @@ def main(argv: list[str] | None = None) -> None:
     examples = examples_check(make_session(args.out, 2), args.examples)
 
     print("[6/6] measuring onnxruntime throughput")
-    speed = {f"threads_{n}": throughput(args.out, cache["test"][0], n) for n in (1, 2)}
+    speed = {f"threads_{n}": throughput(args.out, n) for n in (1, 2)}
     results = {
         "model_version": VERSION,
         "command": COMMAND,
         "window_s": RECIPE.window_samples / RECIPE.sample_rate,
-        "hop_s": HOP_FRAMES * RECIPE.hop_length / RECIPE.sample_rate,
+        "hop_s": RECIPE.frames_to_seconds(HOP_FRAMES),
         "head": shipped,
         **zero_shot_metrics(train, test),
         "head_train_fit": classification_metrics(head.probs(head_features(train.outputs)), train)["clip_accuracy"],

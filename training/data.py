@@ -34,7 +34,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from streamgenre.model.features import FeatureRecipe, log_mel, resample, to_mono, window_input
+from streamgenre.model.audio import load_audio
+from streamgenre.model.features import FeatureRecipe, log_mel
+
+# Re-exported: training code imports the one window slicer from here too.
+from streamgenre.model.features import window_starts as window_starts
+from streamgenre.model.features import windows_from_frames as windows_from_frames
 
 #: The 10 GTZAN genres, in the order used for class indices when a dataset has all of them.
 GTZAN_GENRES: tuple[str, ...] = (
@@ -289,30 +294,18 @@ def labels_of(splits: dict[str, list[Clip]] | Iterable[Clip]) -> list[str]:
 
 
 def read_audio(path: Path | str, sample_rate: int) -> np.ndarray:
-    """Decode an audio file to float32 mono at ``sample_rate``.
-
-    Parameters
-    ----------
-    path : Path or str
-        Any format libsndfile reads (wav, flac, au, ogg, mp3).
-    sample_rate : int
-        Target rate in Hz; resampled with :func:`streamgenre.model.features.resample` (soxr) if needed.
-
-    Returns
-    -------
-    np.ndarray, shape (n_samples,), float32
-    """
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=False)
-    return resample(to_mono(audio), int(sr), sample_rate)
+    """Float32 mono at ``sample_rate``: :func:`streamgenre.model.audio.load_audio` without the duration."""
+    return load_audio(path, sample_rate)[0]
 
 
 def recipe_key(recipe: FeatureRecipe) -> dict[str, object]:
     """The parts of a recipe that :func:`streamgenre.model.features.log_mel` depends on.
 
-    ``mean``/``std`` (applied per window) and ``n_frames`` are left out, so that the cached
+    ``mean``/``std`` and the level normalisation (applied per window) and ``n_frames`` are left out, so that the cached
     frames stay valid when the normalisation is re-estimated or the window length changes.
     """
-    return {k: v for k, v in recipe.to_dict().items() if k not in ("mean", "std", "n_frames")}
+    per_window = ("mean", "std", "n_frames", "level_ref_db", "level_max_gain_db")
+    return {k: v for k, v in recipe.to_dict().items() if k not in per_window}
 
 
 def cached_log_mel(
@@ -367,25 +360,3 @@ def cached_log_mel(
         np.save(tmp, frames)
         tmp.replace(cache_path)
     return frames
-
-
-def window_starts(n_total_frames: int, n_frames: int, hop_frames: int) -> range:
-    """Start frames of the windows :func:`streamgenre.model.features.clip_windows` cuts from a clip."""
-    return range(0, n_total_frames - n_frames + 1, hop_frames)
-
-
-def windows_from_frames(frames: np.ndarray, recipe: FeatureRecipe, starts: Iterable[int]) -> np.ndarray:
-    """Model inputs for the windows of cached frames starting at ``starts``.
-
-    Each window goes through :func:`streamgenre.model.features.window_input` (``top_db`` per window,
-    then the recipe's normalisation), so with ``starts = window_starts(...)`` the result equals
-    ``clip_windows(y, recipe, hop_frames)`` for the audio the frames came from.
-
-    Returns
-    -------
-    np.ndarray, shape (n_windows, 1, n_mels, n_frames), float32
-    """
-    windows = [window_input(frames[:, s : s + recipe.n_frames], recipe) for s in starts]
-    if not windows:
-        return np.zeros((0, 1, recipe.n_mels, recipe.n_frames), np.float32)
-    return np.stack(windows)

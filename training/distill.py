@@ -21,21 +21,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import FeatureRecipe
 from training.data import window_starts, windows_from_frames
-from training.evaluate import OnnxGenreModel
 
 
 def aligned_teacher_starts(
     student_starts: Sequence[int], student: FeatureRecipe, teacher: FeatureRecipe
 ) -> np.ndarray:
     """Teacher frame index starting at the same instant as each student window start frame."""
-    seconds = np.asarray(student_starts, np.float64) * student.hop_length / student.sample_rate
+    seconds = student.frames_to_seconds(np.asarray(student_starts, np.float64))
     return np.rint(seconds * teacher.sample_rate / teacher.hop_length).astype(int)
 
 
 def teacher_targets(
-    teacher: OnnxGenreModel,
+    teacher: GenreModel,
     teacher_frames: np.ndarray,
     n_student_frames: int,
     student: FeatureRecipe,
@@ -46,7 +46,7 @@ def teacher_targets(
 
     Parameters
     ----------
-    teacher : OnnxGenreModel
+    teacher : GenreModel
         The model to distil; its labels must include every one of ``labels``.
     teacher_frames : np.ndarray, shape (teacher n_mels, T_teacher)
         Compressed log-mel frames of the audio in the teacher's recipe.
@@ -73,7 +73,7 @@ def teacher_targets(
     teacher_starts = aligned_teacher_starts(starts, student, recipe)
     fits = teacher_starts + recipe.n_frames <= teacher_frames.shape[1]
     usable = int(np.argmin(fits)) if not fits.all() else len(starts)
-    probs, _ = teacher.run(windows_from_frames(teacher_frames, recipe, teacher_starts[:usable]))
+    probs, _ = teacher.predict(windows_from_frames(teacher_frames, recipe, teacher_starts[:usable]), batch_size=64)
     columns = [teacher.labels.index(label) for label in labels]
     chosen = probs[:, columns]
     return (chosen / np.maximum(chosen.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)

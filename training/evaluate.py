@@ -20,16 +20,15 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from sklearn.metrics import classification_report, confusion_matrix
 from tqdm import tqdm
 
+from streamgenre.model.contract import GenreModel, ModelError
 from streamgenre.model.features import FeatureRecipe
 from training.data import (
     DEFAULT_CACHE,
@@ -56,58 +55,6 @@ PROTOCOL_TITLES = {
 }
 
 
-@dataclass
-class OnnxGenreModel:
-    """An ONNX model with the serving contract and its sidecar.
-
-    Attributes
-    ----------
-    path : Path
-    meta : dict
-        The sidecar (``<model>.json``).
-    recipe : FeatureRecipe
-        ``meta["features"]``.
-    labels : list of str
-    hop_frames : int
-        Hop between windows in mel frames, from ``meta["hop_s"]``.
-    session : onnxruntime.InferenceSession
-    """
-
-    path: Path
-    meta: dict[str, Any]
-    recipe: FeatureRecipe
-    labels: list[str]
-    hop_frames: int
-    session: ort.InferenceSession
-
-    @classmethod
-    def load(cls, path: Path | str, threads: int = 0) -> OnnxGenreModel:
-        """Load ``path`` and the sidecar next to it; ``threads=0`` lets onnxruntime choose."""
-        path = Path(path)
-        sidecar_path = path.with_suffix(".json")
-        if not path.is_file() or not sidecar_path.is_file():
-            raise FileNotFoundError(f"need both {path} and its sidecar {sidecar_path}")
-        meta = json.loads(sidecar_path.read_text())
-        recipe = FeatureRecipe.from_dict(meta["features"])
-        hop_frames = max(1, round(meta["hop_s"] * recipe.sample_rate / recipe.hop_length))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return cls(path, meta, recipe, list(meta["labels"]), hop_frames, session)
-
-    def run(self, windows: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs [N, C], embedding [N, D])`` of model inputs ``[N, 1, n_mels, n_frames]``."""
-        probs, embeddings = [], []
-        for start in range(0, len(windows), batch):
-            p, e = self.session.run(["probs", "embedding"], {"logmel": windows[start : start + batch]})
-            probs.append(p)
-            embeddings.append(e)
-        if not probs:
-            n_classes, dim = len(self.labels), self.meta["embedding_dim"]
-            return np.zeros((0, n_classes), np.float32), np.zeros((0, dim), np.float32)
-        return np.concatenate(probs), np.concatenate(embeddings)
-
-
 def clip_inputs(
     clip: Clip, recipe: FeatureRecipe, hop_frames: int, cache_dir: Path | None = DEFAULT_CACHE
 ) -> np.ndarray:
@@ -121,7 +68,7 @@ def clip_inputs(
 
 
 def iter_clip_outputs(
-    model: OnnxGenreModel,
+    model: GenreModel,
     clips: Sequence[Clip],
     cache_dir: Path | None = DEFAULT_CACHE,
     progress: bool = True,
@@ -131,7 +78,7 @@ def iter_clip_outputs(
     Clips too short for one window yield empty arrays.
     """
     for clip in tqdm(clips, desc=f"evaluate {model.path.name}", unit="clip", disable=not progress):
-        yield (clip, *model.run(clip_inputs(clip, model.recipe, model.hop_frames, cache_dir)))
+        yield (clip, *model.predict(clip_inputs(clip, model.recipe, model.hop_frames, cache_dir), batch_size=64))
 
 
 def score(
@@ -179,7 +126,7 @@ def score(
 
 
 def evaluate_onnx(
-    model_path: Path | str | OnnxGenreModel,
+    model_path: Path | str | GenreModel,
     clips: Sequence[Clip],
     cache_dir: Path | None = DEFAULT_CACHE,
     progress: bool = True,
@@ -188,7 +135,7 @@ def evaluate_onnx(
 
     Parameters
     ----------
-    model_path : Path, str or OnnxGenreModel
+    model_path : Path, str or GenreModel
         ``.onnx`` file with its sidecar next to it, or an already loaded model.
     clips : sequence of Clip
         Each clip's genre must be one of the model's labels. Clips shorter than one window are
@@ -204,7 +151,7 @@ def evaluate_onnx(
         :func:`score`'s keys plus ``model``, ``version``, ``labels``, ``skipped`` and ``clips``
         (per clip: ``clip`` id, ``genre``, ``predicted``, ``probs`` and ``n_windows``).
     """
-    model = model_path if isinstance(model_path, OnnxGenreModel) else OnnxGenreModel.load(model_path)
+    model = model_path if isinstance(model_path, GenreModel) else GenreModel(Path(model_path), threads=0)
     unknown = sorted({c.genre for c in clips} - set(model.labels))
     if unknown:
         raise ValueError(f"clips of genres {unknown} that {model.path.name} cannot predict ({model.labels})")
@@ -239,7 +186,7 @@ def evaluate_onnx(
     )
     return {
         "model": str(model.path),
-        "version": model.meta.get("version"),
+        "version": model.version,
         "labels": model.labels,
         **result,
         "skipped": skipped,
@@ -401,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="feature cache folder")
     args = parser.parse_args(argv)
     try:
-        model = OnnxGenreModel.load(args.model)
+        model = GenreModel(args.model, threads=0)
         for protocol in args.protocol:
             splits, dropped = drop_unreadable(load_split(args.data, protocol))
             if dropped:
@@ -420,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data=str(args.data),
                 split=args.split,
             )
-    except (DatasetNotFoundError, FileNotFoundError) as err:
+    except (DatasetNotFoundError, FileNotFoundError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -28,6 +28,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
+from streamgenre.model.contract import GenreModel, calibrate, run_batched
 from streamgenre.model.features import FeatureRecipe, clip_windows
 from training.data import GTZAN_GENRES, Clip, load_split, read_audio
 from training.musicnn_tags import MSD_TAGS, MTT_TAGS, normalised_scores, zero_shot_scores
@@ -68,28 +69,14 @@ C_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 BATCH = 64
 
 
-def clip_inputs(path: Path) -> np.ndarray:
+def clip_inputs(path: Path, recipe: FeatureRecipe = RECIPE, hop_frames: int = HOP_FRAMES) -> np.ndarray:
     """Model inputs ``(n_windows, 1, 96, 187)`` of one audio file, cut as the daemon cuts them."""
-    return clip_windows(read_audio(path, RECIPE.sample_rate), RECIPE, HOP_FRAMES)
-
-
-def make_session(model: Path | bytes, threads: int) -> ort.InferenceSession:
-    """onnxruntime CPU session with ``threads`` intra-op threads (and one inter-op thread)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return clip_windows(read_audio(path, recipe.sample_rate), recipe, hop_frames)
 
 
 def run_session(session: ort.InferenceSession, windows: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Run ``names`` outputs over ``windows`` in batches of :data:`BATCH`; float64 results."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for start in range(0, len(windows), BATCH):
-        outs = session.run(list(names), {"logmel": windows[start : start + BATCH]})
-        for name, out in zip(names, outs, strict=True):
-            parts[name].append(out.astype(np.float64))
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    """Outputs ``names`` over ``windows`` in batches of :data:`BATCH`, as float64 for the head fit."""
+    return {name: out.astype(np.float64) for name, out in run_batched(session, windows, names, BATCH).items()}
 
 
 @dataclass
@@ -123,11 +110,12 @@ class SplitOutputs:
         return sums / np.bincount(self.window_clip, minlength=len(self.clips))[:, None]
 
 
-def split_windows(clips: Sequence[Clip]) -> tuple[np.ndarray, np.ndarray]:
+def split_windows(clips: Sequence[Clip], recipe: FeatureRecipe = RECIPE, hop_frames: int = HOP_FRAMES
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """All windows of ``clips`` stacked, and the clip index of each window."""
     windows, owner = [], []
     for i, clip in enumerate(tqdm(clips, desc="features", unit="clip", leave=False)):
-        w = clip_inputs(clip.path)
+        w = clip_inputs(clip.path, recipe, hop_frames)
         if len(w) == 0:
             raise ValueError(f"{clip.path} is shorter than one {RECIPE.window_samples}-sample window")
         windows.append(w)
@@ -149,9 +137,13 @@ def model_outputs(
     return SplitOutputs(list(clips), labels, window_clip, run_session(session, windows, names))
 
 
-def head_features(outputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The head's 100 inputs: MSD tag probabilities then MTT tag probabilities."""
-    return np.concatenate([outputs["msd_tags"], outputs["mtt_tags"]], axis=1)
+#: The tag outputs the shipped head reads, in the order of its weight rows.
+TAG_OUTPUTS: tuple[str, ...] = ("msd_tags", "mtt_tags")
+
+
+def head_features(outputs: dict[str, np.ndarray], tag_names: Sequence[str] = TAG_OUTPUTS) -> np.ndarray:
+    """The head's inputs: the tag probabilities of ``tag_names`` side by side (MSD 50 then MTT 50)."""
+    return np.concatenate([outputs[name] for name in tag_names], axis=1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -189,7 +181,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndarray, n
     return weight, bias
 
 
-def fit_head(train: SplitOutputs, n_folds: int = 5) -> Head:
+def fit_head(train: SplitOutputs, n_folds: int = 5, tag_names: Sequence[str] = TAG_OUTPUTS) -> Head:
     """Fit the head on window tags of mini_train; choose ``C`` by clip-grouped K-fold CV.
 
     Windows are the training samples (each labelled with its clip's genre), but folds split by
@@ -197,7 +189,7 @@ def fit_head(train: SplitOutputs, n_folds: int = 5) -> Head:
     clip's windows are on both sides of a fold. Ties go to the smaller ``C`` (stronger
     regularisation), the safer choice with ~40 training clips per fold.
     """
-    x, y, groups = head_features(train.outputs), train.window_labels, train.window_clip
+    x, y, groups = head_features(train.outputs, tag_names), train.window_labels, train.window_clip
     scores: dict[float, float] = {}
     for c in C_GRID:
         correct = 0
@@ -263,10 +255,17 @@ def zero_shot_metrics(train: SplitOutputs, test: SplitOutputs) -> dict[str, Any]
 
 
 def evaluate_shipped(model_path: Path = MODEL_PATH, data_root: Path = MINI_ROOT, threads: int = 2) -> dict[str, Any]:
-    """Metrics of the shipped model's ``probs`` on gtzan-mini test (the reported figures)."""
+    """Metrics of the shipped model's ``probs`` on gtzan-mini test (the reported figures).
+
+    Windows are cut with the model's own sidecar recipe (level normalisation included), through
+    the one loader that checks it; probabilities are the served ones (sidecar temperature), whose
+    clip means decide the clip, as in :mod:`training.scorecard`.
+    """
+    model = GenreModel(Path(model_path), threads)
     test = load_split(data_root, "mini")["test"]
-    split = model_outputs(make_session(Path(model_path), threads), test, ["probs"])
-    return classification_metrics(split.outputs["probs"], split)
+    windows, owner = split_windows(test, model.recipe, model.hop_frames)
+    split = model_outputs(model.session, test, ["probs"], windows, owner)
+    return classification_metrics(calibrate(split.outputs["probs"], model.spec.temperature), split)
 
 
 def top_tags(values: np.ndarray, names: Sequence[str], k: int = 3) -> list[list[Any]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+from streamgenre.model.contract import GenreModel, ModelError, make_session, session_throughput
 from training.data import DatasetNotFoundError, drop_unreadable, load_split
-from training.evaluate import REPO, OnnxGenreModel, clip_inputs, evaluate_onnx
+from training.evaluate import REPO, clip_inputs, evaluate_onnx
 
 DEFAULT_MINI = REPO.parent / "shared" / "data" / "gtzan-mini"
 
@@ -44,7 +44,7 @@ class _Windows(CalibrationDataReader):
         return next(self._batches, None)
 
 
-def calibration_windows(model: OnnxGenreModel, data: Path, n_windows: int, seed: int = 0) -> np.ndarray:
+def calibration_windows(model: GenreModel, data: Path, n_windows: int, seed: int = 0) -> np.ndarray:
     """``n_windows`` model inputs drawn evenly from the ``mini_train`` clips (never from test)."""
     splits, _ = drop_unreadable(load_split(data, "mini"))
     per_clip = [clip_inputs(clip, model.recipe, model.hop_frames) for clip in splits["train"]]
@@ -61,27 +61,14 @@ LEVELS = {
 }
 
 
-def windows_per_second(path: Path, shape: tuple[int, ...], batch: int = 16, seconds: float = 8.0,
-                       level: str = "all") -> float:
-    """Single-threaded throughput, as one daemon worker runs the model (``ort_threads=1``)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = LEVELS[level]
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
-    name = session.get_inputs()[0].name
-    session.run(None, {name: x})
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(None, {name: x})
-        n += batch
-    return n / (time.perf_counter() - started)
+def windows_per_second(path: Path, batch: int = 16, seconds: float = 8.0, level: str = "all") -> float:
+    """Single-threaded windows per CPU-second, as one daemon worker runs the model (``ort_threads=1``)."""
+    return session_throughput(make_session(path, 1, LEVELS[level]), batch, seconds)["cpu"]
 
 
 def quantize(model_path: Path, data: Path, out: Path, n_calibration: int) -> dict[str, Any]:
     """Quantise, then measure both models; returns the figures written to ``quantization.json``."""
-    model = OnnxGenreModel.load(model_path)
+    model = GenreModel(model_path, threads=0)
     out.mkdir(parents=True, exist_ok=True)
     int8_path = out / f"{model_path.stem}.int8.onnx"
     calibration = calibration_windows(model, data, n_calibration)
@@ -93,16 +80,15 @@ def quantize(model_path: Path, data: Path, out: Path, n_calibration: int) -> dic
     sidecar = json.loads(model_path.with_suffix(".json").read_text())
     sidecar["version"] = f"{sidecar.get('version', model_path.stem)}-int8-static"
     int8_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-    shape = (1, model.recipe.n_mels, model.recipe.n_frames)
     test = drop_unreadable(load_split(data, "mini"))[0]["test"]
     figures: dict[str, Any] = {
         "calibration_windows": len(calibration),
         "test_clips": len(test),
         "fp32_windows_per_s_by_graph_optimisation": {
-            level: round(windows_per_second(model_path, shape, level=level), 2) for level in LEVELS
+            level: round(windows_per_second(model_path, level=level), 2) for level in LEVELS
         },
         "fp32_windows_per_s_by_batch": {
-            batch: round(windows_per_second(model_path, shape, batch=batch), 2) for batch in (1, 4, 16, 64)
+            batch: round(windows_per_second(model_path, batch=batch), 2) for batch in (1, 4, 16, 64)
         },
     }
     predictions = {}
@@ -110,7 +96,7 @@ def quantize(model_path: Path, data: Path, out: Path, n_calibration: int) -> dic
         result = evaluate_onnx(path, test, progress=False)
         predictions[name] = [c["predicted"] for c in result["clips"]]
         figures[name] = {
-            "windows_per_s_1_thread": round(windows_per_second(path, shape), 2),
+            "windows_per_s_1_thread": round(windows_per_second(path), 2),
             "clip_accuracy": round(result["clip_accuracy"], 4),
             "window_accuracy": round(result["window_accuracy"], 4),
             "bytes": path.stat().st_size,
@@ -133,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         figures = quantize(args.model, args.data, args.out, args.calibration_windows)
-    except (DatasetNotFoundError, FileNotFoundError) as err:
+    except (DatasetNotFoundError, FileNotFoundError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(figures, indent=2))

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import clip_windows, resample
 from training import yamnet
 from training.augment import add_noise, band_limit
 from training.corpus import mp3_round_trip
 from training.data import GTZAN_GENRES, load_split, read_audio
-from training.evaluate import OnnxGenreModel
 
 SAMPLE_RATE = 22050
 
@@ -61,14 +61,14 @@ def onnx_predictor(path: Path, max_windows: int | None = None) -> tuple[Predicto
     ``max_windows`` keeps that many windows evenly spread over the clip: the tagger costs ~0.1
     CPU-s a window, and 8 conditions x 500 windows did not fit a shared 2-core box.
     """
-    model = OnnxGenreModel.load(path, threads=1)
+    model = GenreModel(path, threads=1)
     recipe = model.recipe
 
     def predict(y: np.ndarray) -> np.ndarray:
         windows = clip_windows(resample(y, SAMPLE_RATE, recipe.sample_rate), recipe, model.hop_frames)
         if max_windows and len(windows) > max_windows:
             windows = windows[np.linspace(0, len(windows) - 1, max_windows).round().astype(int)]
-        return model.run(windows)[0]
+        return model.predict(windows, batch_size=64)[0]
 
     return predict, model.labels
 

@@ -46,8 +46,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from tqdm import tqdm
 
-from streamgenre.model.contract import load_spec
-from streamgenre.model.features import FeatureRecipe, window_input
+from streamgenre.model.contract import GenreModel, load_spec
+from streamgenre.model.features import FeatureRecipe, median_level_db, window_input
 from training import baseline
 from training.augment import WaveformAugmentation, gain_db, mixup, spec_augment, variant_specs
 from training.cnn import benchmark_onnx, build_model, count_parameters, default_recipe, export_onnx
@@ -68,7 +68,6 @@ from training.distill import teacher_targets
 from training.evaluate import (
     DEFAULT_DATA,
     DEFAULT_REPORT,
-    OnnxGenreModel,
     evaluate_onnx,
     plot_confusion,
     write_report,
@@ -121,6 +120,10 @@ class TrainConfig:
     teacher_weight : float
         With a teacher (distillation), the target of a window is ``teacher_weight`` times the
         teacher's probabilities plus the rest times the clip's one-hot label.
+    level_normalisation : bool
+        Give the recipe ``level_ref_db`` = the median level of the training windows, so the
+        model sees every window at that level whatever the stream's gain
+        (:func:`streamgenre.model.features.level_gain_db`).
     seed : int
     threads : int
         Torch threads and feature-extraction processes.
@@ -142,6 +145,7 @@ class TrainConfig:
     valid_fraction: float = 0.2
     time_budget_min: float | None = None
     teacher_weight: float = 0.7
+    level_normalisation: bool = True
     seed: int = 0
     threads: int = 2
     benchmark_seconds: float = 3.0
@@ -478,7 +482,7 @@ def label_with_teacher(
     teacher sees the same waveforms (same augmentation chains) through its own front end.
     Returns the parallel structure of :func:`training.distill.teacher_targets` arrays.
     """
-    teacher = OnnxGenreModel.load(teacher_path, threads=config.threads)
+    teacher = GenreModel(Path(teacher_path), threads=config.threads)
     jobs = [(c.path, None) for c in train] + [(c.path, spec) for c, spec in specs]
     teacher_frames = compute_frames(jobs, teacher.recipe, cache_dir, config.threads, desc="teacher features")
     frames_by_clip = group_versions(train, specs, teacher_frames[: len(train)], teacher_frames[len(train) :])
@@ -575,6 +579,10 @@ def run_protocol(
 
     # Step 3: normalisation from the original training windows only (augmented ones are not the
     # distribution the daemon sees).
+    # Level normalisation before it: the statistics are then those of windows at the reference
+    # level, as the daemon presents them.
+    if config.level_normalisation:
+        recipe = replace(recipe, level_ref_db=median_level_db(train_frames, recipe, config.hop_frames))
     recipe = fit_normaliser(train_frames, recipe, config.hop_frames)
     train_targets = np.array([index[c.genre] for c in train])
     if teacher_probs is None:

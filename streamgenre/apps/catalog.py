@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="ONNX model (sidecar beside it); "
-                             "default: STREAMGENRE_MODEL_PATH or the shipped model")
+                             "default: the model of STREAMGENRE_MODEL (or STREAMGENRE_MODEL_PATH)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="onnxruntime threads (default: all cores)")
 

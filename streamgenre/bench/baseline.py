@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from streamgenre.bench.audio import INPUT_RATE, voice
+from streamgenre.model.contract import time_calls
 
 
 def measure_baseline(model_path: Path, seconds: float = 5.0, max_batch: int = 16) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def measure_baseline(model_path: Path, seconds: float = 5.0, max_batch: int = 16
     limit_native_threads()  # a fair baseline: the same BLAS setting as ours
     model = GenreModel(model_path, threads=1)
     r = model.recipe
-    hop_s = model.spec.hop_frames * r.hop_length / r.sample_rate
+    hop_s = model.spec.hop_seconds
     in_len = int(np.ceil(r.window_samples * INPUT_RATE / r.sample_rate)) + 64
     y_in = voice(0)[:in_len]
 
@@ -44,12 +44,8 @@ def measure_baseline(model_path: Path, seconds: float = 5.0, max_batch: int = 16
     def one() -> None:
         model.predict(window_input()[None, None])
 
-    one()
-    n, started, cpu0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - started < seconds:
-        one()
-        n += 1
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    rate = time_calls(one, seconds)
+    n, wall, cpu = rate.calls, rate.wall_s, rate.cpu_s
     # The bound: model per window at its batch size + the spectral pass of hop_frames new frames,
     # the latter in the daemon's block size.
     batch = np.repeat(window_input()[None, None], max_batch, axis=0)
@@ -72,9 +68,5 @@ def measure_baseline(model_path: Path, seconds: float = 5.0, max_batch: int = 16
 
 def _cpu_per_call(call: Callable[[], object], seconds: float) -> float:
     """CPU-seconds per call of ``call``, repeated for at least ``seconds`` of wall time (after one untimed call)."""
-    call()
-    n, started, cpu0 = 0, time.perf_counter(), time.process_time()
-    while n < 3 or time.perf_counter() - started < seconds:
-        call()
-        n += 1
-    return (time.process_time() - cpu0) / n
+    rate = time_calls(call, seconds)
+    return rate.cpu_s / rate.calls

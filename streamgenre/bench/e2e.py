@@ -57,7 +57,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
     from streamgenre.model.contract import load_spec
 
     spec = load_spec(model_path)
-    hop_s = spec.hop_frames * spec.recipe.hop_length / spec.recipe.sample_rate
+    hop_s = spec.hop_seconds
     run, tmp, redis_ok = uuid.uuid4().hex[:8], Path(tempfile.mkdtemp(prefix="sgbench-")), redis_answers(cfg)
     with DevBroker(log_path=tmp / "tansu.log") as broker:
         settings = run_settings(broker.bootstrap, run, model_path, cfg.partitions)

@@ -23,7 +23,7 @@ the model's three probabilities share what is left, so the four always sum to on
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,18 @@ def mel_power(logmel: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     if recipe.log == "log10_1p":
         return np.maximum((np.exp(logged * _LN10) - 1.0) / np.float32(recipe.log_scale), 0.0)
     return np.exp(logged * (_LN10 / np.float32(10.0))) * np.float32(max(recipe.amin, recipe.ref))
+
+
+def undo_level_gain(power: np.ndarray, level_gains_db: np.ndarray | None) -> np.ndarray:
+    """Mel power ``(N, n_mels, n_frames)`` before each window's level normalisation gain (dB)."""
+    if level_gains_db is None:
+        return power
+    return power * (10.0 ** (-np.asarray(level_gains_db, np.float32) / 10.0))[:, None, None]
+
+
+def without_level(recipe: FeatureRecipe) -> FeatureRecipe:
+    """``recipe`` without its level normalisation (the content statistics do not depend on it)."""
+    return replace(recipe, level_ref_db=None, level_max_gain_db=FeatureRecipe.level_max_gain_db)
 
 
 def band_gain(recipe: FeatureRecipe) -> np.ndarray:
@@ -206,21 +218,31 @@ class ContentModel:
         self._groups: np.ndarray | None = None
 
     def check_recipe(self, recipe: FeatureRecipe) -> None:
-        """The statistics are only meaningful on the front end the regression was fitted on."""
-        if FeatureRecipe.from_dict(self.features) != recipe:
+        """The statistics are only meaningful on the front end the regression was fitted on.
+
+        The level normalisation is left out of the comparison: the statistics are level-free and
+        :meth:`classify` undoes the window's gain before measuring the level.
+        """
+        if without_level(FeatureRecipe.from_dict(self.features)) != without_level(recipe):
             raise ContentModelError("content model was trained on another feature recipe than the genre model's")
         self._groups = group_matrix(recipe)
 
-    def classify(self, logmel: np.ndarray, recipe: FeatureRecipe) -> ContentState:
-        """One model input ``(1, n_mels, n_frames)``."""
-        return self.classify_batch(logmel[None], recipe)[0]
+    def classify(self, logmel: np.ndarray, recipe: FeatureRecipe, level_gain_db: float = 0.0) -> ContentState:
+        """One model input ``(1, n_mels, n_frames)``; ``level_gain_db`` as in :meth:`classify_batch`."""
+        return self.classify_batch(logmel[None], recipe, np.array([level_gain_db]))[0]
 
-    def classify_batch(self, logmels: np.ndarray, recipe: FeatureRecipe) -> list[ContentState]:
-        """Model inputs ``(N, 1, n_mels, n_frames)`` (the genre model's micro-batch) -> N states."""
+    def classify_batch(self, logmels: np.ndarray, recipe: FeatureRecipe, level_gains_db: np.ndarray | None = None
+                       ) -> list[ContentState]:
+        """Model inputs ``(N, 1, n_mels, n_frames)`` (the genre model's micro-batch) -> N states.
+
+        ``level_gains_db``: each input's level normalisation (``Window.level_gain_db``), undone
+        first so that levels and silence are those of the audio as it arrived.
+        """
         if self._groups is None:
             self.check_recipe(recipe)
         assert self._groups is not None
-        grouped = self._groups @ mel_power(logmels, recipe)  # (N, N_GROUPS, n_frames)
+        power = undo_level_gain(mel_power(logmels, recipe), level_gains_db)
+        grouped = self._groups @ power  # (N, N_GROUPS, n_frames)
         levels = level_of(grouped)
         p_silence = 1.0 / (1.0 + np.exp((levels - self.silence_dbfs) / (self.silence_ramp_db / 4.0)))
         sound = np.full((len(levels), len(MODEL_CLASSES)), 1.0 / len(MODEL_CLASSES))

@@ -9,6 +9,9 @@ copy, not a code change.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,9 @@ class ModelSpec(BaseModel):
     window_s: float = Field(gt=0)
     hop_s: float = Field(gt=0)
     features: dict
+    embedding_dim: int | None = Field(default=None, gt=0)
+    #: Temperature of the served probabilities (:func:`calibrate`); 1 = as the graph outputs them.
+    temperature: float = Field(default=1.0, gt=0)
 
     @field_validator("features")
     @classmethod
@@ -47,8 +53,12 @@ class ModelSpec(BaseModel):
     @property
     def hop_frames(self) -> int:
         """Window hop in mel frames; windows start on frame boundaries so they are slices."""
-        recipe = self.recipe
-        return max(1, round(self.hop_s * recipe.sample_rate / recipe.hop_length))
+        return self.recipe.seconds_to_frames(self.hop_s)
+
+    @property
+    def hop_seconds(self) -> float:
+        """The hop the windows really advance by (``hop_s`` rounded to whole frames)."""
+        return self.recipe.frames_to_seconds(self.hop_frames)
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -84,7 +94,7 @@ def build_sidecar(
         "version": version,
         "labels": list(labels),
         "window_s": recipe.window_samples / recipe.sample_rate,
-        "hop_s": hop_frames * recipe.hop_length / recipe.sample_rate,
+        "hop_s": recipe.frames_to_seconds(hop_frames),
         "features": recipe.to_dict(),
         "embedding_dim": embedding_dim,
         **extra,
@@ -104,13 +114,17 @@ def load_spec(model_path: Path) -> ModelSpec:
 class GenreModel:
     """An onnxruntime session over a contract model: ``logmel`` → ``probs``, ``embedding``.
 
+    The one loader of the project: the daemon, the catalogue, evaluation, distillation,
+    quantisation and the benchmark all load models here, so a model that breaks its contract
+    is refused in the same words everywhere, at load rather than at its first window.
+
     Parameters
     ----------
     model_path : Path
         The ``.onnx`` file; the sidecar is the same path with ``.json``.
     threads : int
-        ``intra_op_num_threads``. One thread per worker process scales better than one
-        process with many threads for the small batches a live daemon sees.
+        ``intra_op_num_threads`` (0: onnxruntime's choice). One thread per worker process
+        scales better than one process with many threads for the small batches a live daemon sees.
     """
 
     def __init__(self, model_path: Path, threads: int = 1) -> None:
@@ -120,22 +134,34 @@ class GenreModel:
         self.path = model_path
         self.spec = load_spec(model_path)
         self.recipe = self.spec.recipe
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises several unrelated exception types
-            raise ModelError(f"cannot load ONNX model {model_path}: {exc}") from exc
+        self.session = make_session(model_path, threads)
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """Refuse a graph that does not match its sidecar: input shape, label count, embedding width.
+
+        Output widths are checked on one probe window because tf2onnx graphs often declare
+        symbolic output shapes; the probe costs one window's inference at load.
+        """
+        name = self.path
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if "logmel" not in inputs or not {"probs", "embedding"} <= outputs:
-            raise ModelError(f"{model_path} breaks the contract: needs input logmel, outputs probs + embedding")
-        expected = [self.recipe.n_mels, self.recipe.n_frames]
+            raise ModelError(f"{name} breaks the contract: needs input logmel, outputs probs + embedding")
+        expected = [1, self.recipe.n_mels, self.recipe.n_frames]
         shape = inputs["logmel"].shape
-        if len(shape) != 4 or [d for d in shape[2:]] != expected:
-            raise ModelError(f"{model_path}: logmel shape {shape} does not match sidecar [N, 1, {expected}]")
+        if len(shape) != 4 or list(shape[1:]) != expected:
+            dims = ", ".join(map(str, expected))
+            raise ModelError(f"{name}: logmel shape {shape} does not match the sidecar's [N, {dims}]")
+        probs, embedding = self.session.run(["probs", "embedding"], {"logmel": np.zeros([1, *expected], np.float32)})
+        if probs.shape != (1, len(self.labels)):
+            raise ModelError(
+                f"{name}: probs has {probs.shape[-1]} columns, the sidecar names {len(self.labels)} labels")
+        declared = self.spec.embedding_dim
+        if embedding.ndim != 2 or (declared is not None and embedding.shape[1] != declared):
+            raise ModelError(f"{name}: embedding shape {list(embedding.shape)} does not match the sidecar's "
+                             f"embedding_dim {declared}")
+        self.embedding_dim = int(embedding.shape[1])
 
     @property
     def labels(self) -> list[str]:
@@ -145,7 +171,111 @@ class GenreModel:
     def version(self) -> str:
         return self.spec.version
 
-    def predict(self, logmel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run a batch ``(N, 1, n_mels, n_frames)``; returns ``(probs (N, C), embedding (N, D))``."""
-        probs, embedding = self.session.run(["probs", "embedding"], {"logmel": np.ascontiguousarray(logmel)})
-        return probs, embedding
+    @property
+    def hop_frames(self) -> int:
+        return self.spec.hop_frames
+
+    def predict(self, logmel: np.ndarray, batch_size: int | None = None, calibrated: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs (N, C), embedding (N, D))`` of inputs ``(N, 1, n_mels, n_frames)``.
+
+        ``probs`` are the served ones: calibrated with the sidecar's temperature unless
+        ``calibrated`` is False (the graph's own softmax, for fitting the temperature).
+        ``batch_size`` bounds the windows per onnxruntime call (memory of offline runs over
+        whole files); ``None`` runs the batch as given, as the daemon's micro-batcher sizes it.
+        """
+        outputs = self.outputs(logmel, ("probs", "embedding"), batch_size)
+        probs = calibrate(outputs["probs"], self.spec.temperature) if calibrated else outputs["probs"]
+        return probs, outputs["embedding"]
+
+    def outputs(self, logmel: np.ndarray, names: Sequence[str], batch_size: int | None = None
+                ) -> dict[str, np.ndarray]:
+        """Any of the graph's outputs (e.g. a tagger's ``msd_tags``) for a batch, in batches of ``batch_size``."""
+        if len(logmel) == 0:
+            widths = {"probs": len(self.labels), "embedding": self.embedding_dim}
+            return {n: np.zeros((0, widths.get(n, 0)), np.float32) for n in names}
+        return run_batched(self.session, logmel, names, batch_size)
+
+
+def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scaled probabilities: ``softmax(log(probs) / T)``, row-wise.
+
+    Equal to ``softmax(logits / T)`` because ``log softmax(z) = z - logsumexp(z)`` and the shift
+    cancels, so any contract model can be calibrated after its graph, without editing it.
+    ``T > 1`` softens over-confident outputs; the argmax never changes.
+    """
+    if temperature == 1.0:
+        return probs
+    scaled = np.log(np.maximum(probs, np.float32(1e-30))) / np.float32(temperature)
+    scaled -= scaled.max(axis=1, keepdims=True)
+    np.exp(scaled, out=scaled)
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    return scaled.astype(probs.dtype, copy=False)
+
+
+def run_batched(session: ort.InferenceSession, logmel: np.ndarray, names: Sequence[str],
+                batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Outputs ``names`` of a contract session over ``logmel``, ``batch_size`` windows per call
+    (all at once when None); for sessions without a sidecar yet (conversion, head fitting)."""
+    logmel = np.ascontiguousarray(logmel, dtype=np.float32)
+    step = batch_size or max(1, len(logmel))
+    parts = [session.run(list(names), {"logmel": logmel[i : i + step]}) for i in range(0, len(logmel), step)]
+    return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
+
+
+def make_session(model: Path | str | bytes, threads: int = 1,
+                 level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                 ) -> ort.InferenceSession:
+    """onnxruntime CPU session: ``threads`` intra-op threads, one inter-op thread, sequential."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = level
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several unrelated exception types
+        shown = "<in-memory graph>" if isinstance(model, bytes) else model
+        raise ModelError(f"cannot load ONNX model {shown}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Calls of a timed function: ``calls`` in ``wall_s`` elapsed and ``cpu_s`` of this process's CPU."""
+
+    calls: int
+    wall_s: float
+    cpu_s: float
+
+    def per_s(self, items_per_call: int = 1) -> float:
+        return self.calls * items_per_call / self.wall_s
+
+    def per_cpu_s(self, items_per_call: int = 1) -> float:
+        """Items per CPU-second: the one-core rate of a one-thread run even on a shared box."""
+        return self.calls * items_per_call / max(self.cpu_s, 1e-9)
+
+
+def time_calls(fn: Callable[[], object], seconds: float, warmup: int = 1) -> Rate:
+    """The one throughput timer: call ``fn`` for ``seconds`` of wall clock after ``warmup`` calls.
+
+    CPU time (``time.process_time``) is measured beside wall time because the boxes are shared:
+    with one onnxruntime thread, items per CPU-second is what one core does, whatever else runs.
+    """
+    for _ in range(warmup):
+        fn()
+    calls, started, cpu0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds or calls == 0:
+        fn()
+        calls += 1
+    return Rate(calls, time.perf_counter() - started, time.process_time() - cpu0)
+
+
+def session_throughput(session: ort.InferenceSession, batch: int = 64, seconds: float = 3.0,
+                       outputs: Sequence[str] | None = None) -> dict[str, float]:
+    """Windows per second (``wall``) and per CPU-second (``cpu``) of a session on random inputs of ``batch``."""
+    spec = session.get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal((batch, *spec.shape[1:])).astype(np.float32)
+    names = list(outputs) if outputs else None
+    rate = time_calls(lambda: session.run(names, {spec.name: x}), seconds, warmup=2)
+    return {"wall": rate.per_s(batch), "cpu": rate.per_cpu_s(batch)}

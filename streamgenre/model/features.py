@@ -3,9 +3,9 @@
 The model contract (``model/*.json``, key ``features``) fixes the recipe. For a window that
 starts at sample ``s`` the model input is exactly::
 
-    (LOG(librosa.feature.melspectrogram(y=y[s:s + L], sr, n_fft, hop_length, win_length,
-                                        window, center=False, n_mels, fmin, fmax, htk,
-                                        norm, power)) - mean) / std
+    (LOG(GAIN · librosa.feature.melspectrogram(y=y[s:s + L], sr, n_fft, hop_length, win_length,
+                                               window, center=False, n_mels, fmin, fmax, htk,
+                                               norm, power)) - mean) / std
 
 with ``L = n_fft + (n_frames - 1) * hop_length``. Because ``center=False`` frames never look
 outside the window, the mel frames of a window are a contiguous slice of the mel frames of the
@@ -16,11 +16,16 @@ whole stream whenever the window starts on a hop boundary. That is what makes st
 LOG is either ``power_to_db`` (librosa's, with a *scalar* ``ref``; ``top_db`` clips relative to
 the window's own maximum, so it is applied per window in :func:`window_input`) or ``log10_1p``
 (musicnn's ``log10(log_scale * S + 1)``, element-wise).
+
+GAIN is the level normalisation (recipe ``level_ref_db``; 1 when it is ``None``): a factor on the
+window's mel power that brings its mean to a reference level, at most ``level_max_gain_db``
+(:func:`level_gain_db`). A stream's gain multiplies every mel bin by gain², so after it the
+model input no longer depends on the level the stream arrives at.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,6 +63,12 @@ class FeatureRecipe:
         Normalisation, scalars or one value per mel band.
     n_frames : int
         Mel frames per model window.
+    level_ref_db : float or None
+        Level normalisation (see :func:`level_gain_db`): every window's mel power is scaled so
+        that its mean is this many dB (``10 log10`` of the mean mel power, in the filterbank's
+        units). ``None`` (the default, so sidecars written before it keep their meaning): off.
+    level_max_gain_db : float
+        The most a window is boosted, so that near-silence is not raised into loud noise.
     """
 
     sample_rate: int = 22050
@@ -79,6 +90,8 @@ class FeatureRecipe:
     mean: float | list[float] = 0.0
     std: float | list[float] = 1.0
     n_frames: int = 128
+    level_ref_db: float | None = None
+    level_max_gain_db: float = 40.0
     # init=False: dataclasses.replace() must start a fresh cache, or a copy with new mean/std would
     # keep serving the original's cached normaliser.
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
@@ -94,6 +107,15 @@ class FeatureRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__ if not f.startswith("_")}
+
+    def seconds_to_frames(self, seconds: float) -> int:
+        """The whole number of mel frames (at least 1) nearest to ``seconds``: where a window hop
+        given in seconds lands, since windows start on frame boundaries (they are slices)."""
+        return max(1, round(seconds * self.sample_rate / self.hop_length))
+
+    def frames_to_seconds(self, frames: float) -> float:
+        """Seconds spanned by ``frames`` mel-frame hops (the inverse of :meth:`seconds_to_frames`)."""
+        return frames * self.hop_length / self.sample_rate
 
     @property
     def window_samples(self) -> int:
@@ -256,14 +278,102 @@ def compress(mel: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     return out
 
 
-def window_input(log_frames: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+_LN10 = np.float32(np.log(10.0))
+
+
+def mel_power(log_frames: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """Undo :func:`compress`: the mel power of compressed frames (float32, new array).
+
+    Exact up to float32 rounding, except that bins which :func:`compress` raised to ``amin``
+    come back as ``amin``. ``expm1`` rather than ``10**x - 1`` keeps quiet ``log10_1p`` bins exact.
+    """
+    if recipe.log == "log10_1p":
+        out = np.multiply(log_frames, _LN10, dtype=np.float32)
+        np.expm1(out, out=out)
+        out /= np.float32(recipe.log_scale)
+        return out
+    out = np.add(log_frames, np.float32(10.0 * np.log10(max(recipe.amin, recipe.ref))), dtype=np.float32)
+    out *= _LN10 / np.float32(10.0)
+    np.exp(out, out=out)
+    return out
+
+
+def level_db(log_frames: np.ndarray, recipe: FeatureRecipe) -> float:
+    """A window's level: ``10 log10`` of its mean mel power (``-inf`` for digital silence).
+
+    The mean of the *power* (not of the dB values) scales exactly with gain², and loud bins
+    dominate it, so the few near-empty bands of band-limited audio do not move it.
+    """
+    mean = float(mel_power(log_frames, recipe).mean(dtype=np.float64))
+    return 10.0 * float(np.log10(mean)) if mean > 0.0 else float("-inf")
+
+
+def median_level_db(frames: Sequence[np.ndarray], recipe: FeatureRecipe, hop_frames: int) -> float:
+    """Median :func:`level_db` over the windows of clips' compressed frames: a training set's
+    typical level, the natural ``level_ref_db`` (a typical window is then left nearly as it was)."""
+    levels = [level_db(f[:, s : s + recipe.n_frames], recipe)
+              for f in frames for s in window_starts(f.shape[1], recipe.n_frames, hop_frames)]
+    if not levels:
+        raise ValueError("no clip is long enough for one window")
+    return round(float(np.median(levels)), 2)
+
+
+def level_gain_db(log_frames: np.ndarray, recipe: FeatureRecipe) -> float:
+    """The gain (dB) that brings a window to ``recipe.level_ref_db``, at most ``level_max_gain_db``.
+
+    Per window rather than per stream: a window is a slice of the stream's frames, so the gain
+    depends on nothing but that slice, and the daemon, ``clip_windows`` and training compute
+    the same input from the same audio whatever came before (streaming == offline, no state to
+    restore after a restart). The price is that a quiet passage is raised to the reference as
+    much as a quiet stream; the upper bound keeps silence and hiss from being raised to music
+    level. Loud windows are attenuated without bound.
+    """
+    if recipe.level_ref_db is None:
+        return 0.0
+    return min(recipe.level_ref_db - level_db(log_frames, recipe), recipe.level_max_gain_db)
+
+
+def apply_gain(log_frames: np.ndarray, gain_db: float, recipe: FeatureRecipe) -> np.ndarray:
+    """Compressed frames of the same audio scaled by ``gain_db`` (power × 10^(gain/10)), new array.
+
+    Acts on compressed frames because that is what the daemon's frame buffer and the training
+    caches hold: a ``power_to_db`` frame only shifts (then the ``amin`` floor again), a
+    ``log10_1p`` frame goes back to power and through the log again. The inversion costs an
+    ``exp`` (and a ``log``) per bin of each window, a fraction of a percent of the tagger's
+    inference; keeping power frames in the buffer instead would change the daemon's buffer and
+    every training cache for the same result.
+    """
+    if recipe.log == "log10_1p":
+        power = mel_power(log_frames, recipe)
+        power *= np.float32(recipe.log_scale * 10.0 ** (gain_db / 10.0))
+        np.log1p(power, out=power)
+        power /= _LN10
+        return power
+    floor = np.float32(10.0 * np.log10(recipe.amin) - 10.0 * np.log10(max(recipe.amin, recipe.ref)))
+    # Bins at the floor held at most amin before the log; they stay there (digital silence stays
+    # silence), where a waveform gain would lift a bin just under amin: a difference below -100 dB.
+    shifted = np.maximum(log_frames + np.float32(gain_db), floor)
+    return np.where(log_frames > floor, shifted, floor)
+
+
+def window_input(log_frames: np.ndarray, recipe: FeatureRecipe, gain_db: float | None = None) -> np.ndarray:
     """Turn a ``(n_mels, n_frames)`` slice of compressed frames into one model input.
 
     Applies ``top_db`` (relative to this window's maximum, as ``librosa.power_to_db`` does)
     and the sidecar's normalisation. Returns float32 ``(1, n_mels, n_frames)``.
+
+    ``gain_db``: the window's :func:`level_gain_db` when the caller already has it (the framer
+    keeps it so that level-based stages can undo it); computed here otherwise.
+
+    Order: the level normalisation first (it is a gain on the mel power, so ``top_db``, relative
+    to the window's maximum, and the per-band statistics see the window at the reference level,
+    as they were estimated), then ``top_db``, then ``(x - mean) / std``.
     """
     if log_frames.shape != (recipe.n_mels, recipe.n_frames):
         raise ValueError(f"expected ({recipe.n_mels}, {recipe.n_frames}) frames, got {log_frames.shape}")
+    if recipe.level_ref_db is not None:
+        gain = level_gain_db(log_frames, recipe) if gain_db is None else gain_db
+        log_frames = apply_gain(log_frames, gain, recipe)
     if recipe.log == "power_to_db" and recipe.top_db is not None:
         out = np.maximum(log_frames, log_frames.max() - np.float32(recipe.top_db), dtype=np.float32)
     else:
@@ -281,6 +391,24 @@ def log_mel(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     return compress(mel_frames(y, recipe), recipe)
 
 
+def window_starts(n_total_frames: int, n_frames: int, hop_frames: int) -> range:
+    """Start frames of the windows :func:`clip_windows` cuts from ``n_total_frames`` frames."""
+    return range(0, n_total_frames - n_frames + 1, hop_frames)
+
+
+def windows_from_frames(frames: np.ndarray, recipe: FeatureRecipe, starts: Iterable[int]) -> np.ndarray:
+    """Model inputs of the windows of compressed frames ``(n_mels, T)`` starting at ``starts``.
+
+    The one window slicer: :func:`clip_windows`, training (from cached frames) and evaluation
+    all cut windows here, each through :func:`window_input` as the daemon's framer does.
+    Returns float32 ``(n_windows, 1, n_mels, n_frames)``.
+    """
+    windows = [window_input(frames[:, s : s + recipe.n_frames], recipe) for s in starts]
+    if not windows:
+        return np.zeros((0, 1, recipe.n_mels, recipe.n_frames), np.float32)
+    return np.stack(windows)
+
+
 def clip_windows(y: np.ndarray, recipe: FeatureRecipe, hop_frames: int) -> np.ndarray:
     """Model inputs for every window of a clip, starting every ``hop_frames`` mel frames.
 
@@ -288,11 +416,7 @@ def clip_windows(y: np.ndarray, recipe: FeatureRecipe, hop_frames: int) -> np.nd
     Returns float32 ``(n_windows, 1, n_mels, n_frames)``; ``n_windows`` is 0 for short clips.
     """
     frames = log_mel(y, recipe)
-    starts = range(0, frames.shape[1] - recipe.n_frames + 1, hop_frames)
-    windows = [window_input(frames[:, s : s + recipe.n_frames], recipe) for s in starts]
-    if not windows:
-        return np.zeros((0, 1, recipe.n_mels, recipe.n_frames), np.float32)
-    return np.stack(windows)
+    return windows_from_frames(frames, recipe, window_starts(frames.shape[1], recipe.n_frames, hop_frames))
 
 
 def reference_window(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
@@ -307,6 +431,10 @@ def reference_window(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
         win_length=recipe.win_length, window=recipe.window, center=False, n_mels=recipe.n_mels,
         fmin=recipe.fmin, fmax=recipe.fmax, htk=recipe.htk, norm=recipe.norm, power=recipe.power,
     )
+    if recipe.level_ref_db is not None:
+        mean = float(np.mean(mel, dtype=np.float64))
+        level = 10.0 * np.log10(mean) if mean > 0.0 else float("-inf")
+        mel = mel * 10.0 ** (min(recipe.level_ref_db - level, recipe.level_max_gain_db) / 10.0)
     if recipe.log == "log10_1p":
         logged = np.log10(recipe.log_scale * mel + 1)
     else:

@@ -24,6 +24,7 @@ from streamgenre.model.content import (
     group_matrix,
     level_of,
     mel_power,
+    undo_level_gain,
 )
 from streamgenre.model.features import FeatureRecipe
 from streamgenre.stream.metrics import Metrics
@@ -34,10 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def level_only_states(logmels: np.ndarray, recipe: FeatureRecipe, groups: np.ndarray,
-                      silence_dbfs: float) -> list[ContentState]:
-    """Without a content model: silence by level, every audible window music (the old assumption)."""
+                      silence_dbfs: float, level_gains_db: np.ndarray | None = None) -> list[ContentState]:
+    """Without a content model: silence by level, every audible window music (the old assumption).
+
+    ``level_gains_db`` (each window's level normalisation, ``Window.level_gain_db``) is undone first.
+    """
     states = []
-    for level in level_of(groups @ mel_power(logmels, recipe)).tolist():
+    for level in level_of(groups @ undo_level_gain(mel_power(logmels, recipe), level_gains_db)).tolist():
         silent = level < silence_dbfs
         probs = {name: 0.0 for name in MODEL_CLASSES} | {"music": 0.0 if silent else 1.0, "silence": float(silent)}
         states.append(ContentState("silence" if silent else "music", probs, round(level, 2)))
@@ -78,11 +82,12 @@ class ContentStage:
         self.down: dict[str, float] = {}  # stream -> stream time of its last audio
         self._not_music_since: dict[str, float] = {}
 
-    def classify(self, logmels: np.ndarray) -> list[ContentState]:
-        """States of a micro-batch of model inputs ``(N, 1, n_mels, n_frames)``."""
+    def classify(self, logmels: np.ndarray, level_gains_db: np.ndarray | None = None) -> list[ContentState]:
+        """States of a micro-batch of model inputs ``(N, 1, n_mels, n_frames)``; ``level_gains_db``:
+        their level normalisation (``Window.level_gain_db``), undone before measuring levels."""
         if self.model is None:
-            return level_only_states(logmels, self.recipe, self._groups, self.settings.silence_dbfs)
-        return self.model.classify_batch(logmels, self.recipe)
+            return level_only_states(logmels, self.recipe, self._groups, self.settings.silence_dbfs, level_gains_db)
+        return self.model.classify_batch(logmels, self.recipe, level_gains_db)
 
     def new_programme(self, stream_id: str, state: str, t_start: float) -> bool:
         """True when this music window follows at least ``segment_min_s`` of non-music: the

@@ -36,6 +36,7 @@ from streamgenre.model.features import (
     StreamingLogMel,
     compress,
     frames_to_mel,
+    level_gain_db,
     log_mel,
     window_input,
 )
@@ -56,6 +57,9 @@ class Window:
     chunk_ts_ms: int
     title: str | None = None
     short: bool = False  # an ended stream's only window, off the grid (see StreamState.short_window)
+    # The level normalisation's gain in ``logmel`` (features.level_gain_db): stages that need the
+    # stream's real level (silence, dBFS) undo it.
+    level_gain_db: float = 0.0
 
 
 def grid_phase(stream_id: str, hop_samples: int, sample_rate: int) -> int:
@@ -180,11 +184,13 @@ class StreamState:
     def _emit(self, received_at: float, ts_ms: int, title: str | None) -> Window:
         n_frames, sr = self.recipe.n_frames, self.recipe.sample_rate
         start = self.window_start(self.next_window)
+        frames = self._frames[:, :n_frames]
+        gain = level_gain_db(frames, self.recipe)
         window = Window(
             stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
-            logmel=window_input(self._frames[:, :n_frames], self.recipe),
+            logmel=window_input(frames, self.recipe, gain),
             t_start=start / sr, t_end=(start + self.recipe.window_samples) / sr,
-            completed_at=received_at, chunk_ts_ms=ts_ms, title=title,
+            completed_at=received_at, chunk_ts_ms=ts_ms, title=title, level_gain_db=gain,
         )
         # Slide by one hop. A shift rather than a wrap-around ring: the model needs a
         # contiguous window anyway, and the copy is tiny next to the FFTs that made the frames.
@@ -214,11 +220,13 @@ class StreamState:
         filled = np.resize(audio, recipe.window_samples)  # np.resize repeats the input to fill
         start = self.anchor_sample
         self.windows_emitted += 1
+        frames = log_mel(filled, recipe)
+        gain = level_gain_db(frames, recipe)
         return Window(
             stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
-            logmel=window_input(log_mel(filled, recipe), recipe),
+            logmel=window_input(frames, recipe, gain),
             t_start=start / recipe.sample_rate, t_end=(start + audio.shape[0]) / recipe.sample_rate,
-            completed_at=received_at, chunk_ts_ms=ts_ms, title=title, short=True,
+            completed_at=received_at, chunk_ts_ms=ts_ms, title=title, short=True, level_gain_db=gain,
         )
 
     def _forget_consumed_chunks(self) -> None:

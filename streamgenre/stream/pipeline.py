@@ -110,11 +110,8 @@ class Pipeline:
         self.metrics = metrics
         self.catalog = catalog
         recipe = model.recipe
-        hop_frames = (
-            max(1, round(settings.hop_s * recipe.sample_rate / recipe.hop_length))
-            if settings.hop_s else model.spec.hop_frames
-        )
-        self.hop_s = hop_frames * recipe.hop_length / recipe.sample_rate
+        hop_frames = recipe.seconds_to_frames(settings.hop_s) if settings.hop_s else model.spec.hop_frames
+        self.hop_s = recipe.frames_to_seconds(hop_frames)
         self.framer = Framer(recipe, hop_frames, settings.max_gap_s, settings.max_streams)
         self.batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms)
         self.smoothers: dict[str, GenreSmoother] = {}
@@ -226,7 +223,7 @@ class Pipeline:
         probs, embeddings = self.model.predict(logmels)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(windows))
-        contents = self.content.classify(logmels)
+        contents = self.content.classify(logmels, np.array([w.level_gain_db for w in windows]))
         timeline: list[tuple[str, bytes]] = []
         latest: dict[str, bytes] = {}
         for window, window_probs, embedding, content in zip(windows, probs, embeddings, contents, strict=True):
@@ -272,7 +269,7 @@ class Pipeline:
             "schema_version": SCHEMA_VERSION, "stream_id": window.stream_id, "window_seq": window.window_seq,
             "t_start": round(window.t_start, 4), "t_end": round(window.t_end, 4), "ts": round(window.t_end * 1000),
             "genre": labels[best] if music else None, "confidence": round(float(probs[best]), 5),
-            "probs": rounded_probs(labels, probs),
+            "uncertain": bool(probs[best] < self.settings.uncertain_below), "probs": rounded_probs(labels, probs),
             "smoothed_genre": smoothed, "smoothed_probs": smoothed_probs,
             "model_version": self.model.version,
             "latency_ms": round(1000 * (time.monotonic() - window.completed_at), 3),

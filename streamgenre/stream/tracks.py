@@ -40,7 +40,7 @@ class Neighbours(Protocol):
 class ContentClassifier(Protocol):
     """The daemon's content stage (:class:`streamgenre.stream.content.ContentStage`)."""
 
-    def classify(self, logmels: np.ndarray) -> list[ContentState]: ...
+    def classify(self, logmels: np.ndarray, level_gains_db: np.ndarray | None = None) -> list[ContentState]: ...
 
 
 def aligned_anchor_ms(stream_id: str, recipe_rate: int, hop_samples: int) -> int:
@@ -112,8 +112,7 @@ class TrackClassifier:
         self.model = model
         self.content = content
         recipe = model.recipe
-        self.hop_frames = (max(1, round(hop_s * recipe.sample_rate / recipe.hop_length)) if hop_s
-                           else model.spec.hop_frames)
+        self.hop_frames = recipe.seconds_to_frames(hop_s) if hop_s else model.spec.hop_frames
         self.catalog, self.neighbours_k, self.metrics = catalog, neighbours_k, metrics
         self._batcher = MicroBatcher(max_batch, max_wait_ms)
         self._owners: dict[int, tuple[_Track, int]] = {}
@@ -156,8 +155,9 @@ class TrackClassifier:
         origin = windows[0].t_start
         states = None
         if self.content is not None:  # in the caller's thread: the inference thread stays on the model
-            states = [{"state": c.state, "state_probs": c.probs, "level_dbfs": c.level_dbfs}
-                      for c in self.content.classify(np.stack([w.logmel for w in windows]))]
+            contents = self.content.classify(np.stack([w.logmel for w in windows]),
+                                             np.array([w.level_gain_db for w in windows]))
+            states = [{"state": c.state, "state_probs": c.probs, "level_dbfs": c.level_dbfs} for c in contents]
         result = summarise(self.model.labels, probs, [w.t_start - origin for w in windows],
                            [w.t_end - origin for w in windows], states)
         result["windows"] = len(windows)

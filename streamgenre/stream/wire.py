@@ -334,8 +334,12 @@ class Prediction(BaseModel):
     t_end: float = Field(description="window end, seconds of stream time")
     ts: int = Field(description="epoch ms of the window end (producer clock)")
     genre: str | None = Field(description="top genre of this window; null unless state is music")
-    confidence: float = Field(ge=0, le=1)
-    probs: dict[str, float] = Field(description="the genre model's output, whatever the state")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of the top genre: the model "
+                              "sidecar's temperature is applied, so among held-out windows at confidence c "
+                              "about a share c was right")
+    uncertain: bool = Field(False, description="confidence below the daemon's STREAMGENRE_UNCERTAIN_BELOW "
+                            "(default 0.5: more likely wrong than right); absent in messages of older daemons")
+    probs: dict[str, float] = Field(description="the genre model's calibrated output, whatever the state")
     smoothed_genre: str | None = Field(description="genre after smoothing; null unless state is music")
     smoothed_probs: dict[str, float] = Field(description="smoothed genre probabilities of the music windows so far")
     model_version: str

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
+from streamgenre.model.audio import load_audio
 from streamgenre.model.contract import GenreModel
-from streamgenre.model.features import clip_windows, resample, to_mono
+from streamgenre.model.features import clip_windows
 
 
 @dataclass(frozen=True)
@@ -45,32 +45,6 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
-def load_audio(path: Path | str, sample_rate: int) -> tuple[np.ndarray, float]:
-    """Decode a file with soundfile, downmix to mono and resample.
-
-    Parameters
-    ----------
-    path : Path or str
-        Any format libsndfile reads (wav, flac, ogg, mp3, au, aiff).
-    sample_rate : int
-        Target rate in Hz.
-
-    Returns
-    -------
-    y : np.ndarray, shape (n_samples,), float32
-        Mono audio at ``sample_rate``.
-    duration_s : float
-        Duration of the file as decoded.
-
-    Raises
-    ------
-    soundfile.LibsndfileError, OSError
-        The file cannot be read or decoded.
-    """
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=False)
-    return resample(to_mono(audio), int(sr), sample_rate), audio.shape[0] / sr
 
 
 def embed_audio(y: np.ndarray, model: GenreModel, batch_size: int = 64, duration_s: float | None = None,
