@@ -46,7 +46,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from streamgenre.model.content import FEATURE_NAMES, MODEL_CLASSES, content_features
+from streamgenre.model.content import FEATURE_NAMES, MODEL_CLASSES, content_features, without_level
 from streamgenre.model.contract import load_spec
 from streamgenre.model.features import FeatureRecipe, clip_windows, resample, to_mono
 from training.augment import add_noise
@@ -198,7 +198,9 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     spec = load_spec(args.genre_model)
-    recipe, hop_frames = spec.recipe, spec.hop_frames
+    # Without the genre model's level normalisation: the daemon undoes each window's gain before
+    # the content statistics (ContentModel.classify_batch), so training sees the audio's own level.
+    recipe, hop_frames = without_level(spec.recipe), spec.hop_frames
     rng = np.random.default_rng(args.seed)
     lists = file_lists(args.data)
     feats = {name: featurise(paths, recipe, hop_frames, rng, args.broadcast_share if name.startswith("train") else 0.0)
