@@ -104,17 +104,15 @@ def test_batched_yamnet_matches_one_patch_at_a_time() -> None:
 
 def test_shipped_yamnet_student_keeps_the_contract_and_ignores_level() -> None:
     """model/student-yamnet serves through the contract and answers the same at -40 dB."""
-    from streamgenre.model.contract import load_spec
+    from streamgenre.model.contract import GenreModel
     from streamgenre.model.features import clip_windows
-    from training.evaluate import OnnxGenreModel
 
     path = Path(__file__).resolve().parents[1] / "model" / "student-yamnet" / "genre_cnn.onnx"
-    spec = load_spec(path)
-    model = OnnxGenreModel.load(path, threads=1)
-    assert model.labels == list(spec.labels)
+    model = GenreModel(path, threads=1)
+    assert model.labels == list(model.spec.labels)
     rng = np.random.default_rng(0)
     t = np.arange(RATE * 4) / RATE
     y = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 2 * t)) + 0.05 * rng.standard_normal(len(t))
-    loud, _ = model.run(clip_windows(y.astype(np.float32), model.recipe, model.hop_frames))
-    quiet, _ = model.run(clip_windows((y * 0.01).astype(np.float32), model.recipe, model.hop_frames))
+    loud, _ = model.predict(clip_windows(y.astype(np.float32), model.recipe, model.hop_frames))
+    quiet, _ = model.predict(clip_windows((y * 0.01).astype(np.float32), model.recipe, model.hop_frames))
     np.testing.assert_allclose(loud, quiet, atol=1e-3)
