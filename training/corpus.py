@@ -171,6 +171,21 @@ def mp3_round_trip(y: np.ndarray, sample_rate: int, kbps: int) -> np.ndarray:
     return np.pad(out[delay:], (0, max(0, len(y) - len(out) + delay)))[: len(y)].astype(np.float32)
 
 
+#: Channels a broadcast may pass music through, for :func:`broadcast_band`.
+BROADCAST_BANDS = ("telephone", "am", "fm")
+
+
+def broadcast_band(y: np.ndarray, sample_rate: int, kind: str) -> np.ndarray:
+    """The band a ``telephone`` (300-3400 Hz), ``am`` (100-5000 Hz) or ``fm`` (15 kHz) channel passes."""
+    if kind == "telephone":
+        return band_limit(y, sample_rate, 300.0, 3400.0)
+    if kind == "am":
+        return band_limit(y, sample_rate, 100.0, 5000.0)
+    if kind == "fm":
+        return codec_lowpass(y, sample_rate, 15000.0)
+    raise ValueError(f"unknown broadcast band {kind!r}; expected one of {BROADCAST_BANDS}")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Probabilities and ranges of the on-the-fly chain (one draw per example)."""
@@ -184,7 +199,7 @@ class AugmentConfig:
     gain_db: tuple[float, float] = (-45.0, 3.0)
 
 
-def _weights(files: Sequence[CorpusFile]) -> np.ndarray:
+def sampling_weights(files: Sequence[CorpusFile]) -> np.ndarray:
     """File sampling weights: each corpus folder gets an equal share, files within it by length.
 
     Equal shares per folder keep 5.7 h of game soundtracks from drowning the 25 minutes of
@@ -203,7 +218,7 @@ class Augmenter:
         if not files:
             raise ValueError("the corpus has no usable file")
         self.files = list(files)
-        self.weights = _weights(self.files)
+        self.weights = sampling_weights(self.files)
         self.sample_rate = sample_rate
         self.seconds = seconds
         self.config = config
@@ -246,28 +261,14 @@ class Augmenter:
             y = y + other * 10 ** (-ratio_db / 20) * _rms(y) / max(_rms(other), 1e-7)
             applied.append(f"mixup {ratio_db:.0f} dB")
         if rng.random() < c.p_band:
-            kind = rng.choice(["telephone", "am", "fm"])
-            if kind == "telephone":
-                y = band_limit(y, sr, 300.0, 3400.0)
-            elif kind == "am":
-                y = band_limit(y, sr, 100.0, 5000.0)
-            else:
-                y = codec_lowpass(y, sr, 15000.0)
-            applied.append(str(kind))
+            kind = str(rng.choice(BROADCAST_BANDS))
+            y = broadcast_band(y, sr, kind)
+            applied.append(kind)
         return y.astype(np.float32), applied, label
 
     def finish(self, y: np.ndarray, applied: list[str], rng: np.random.Generator) -> np.ndarray:
         """Noise, then gain: the last steps, after any codec round trip."""
-        c = self.config
-        if rng.random() < c.p_noise:
-            snr = float(rng.uniform(5, 30))
-            y = add_noise(y, snr, rng, colour=float(rng.choice([0.0, 1.0])))
-            applied.append(f"noise {snr:.0f} dB")
-        # Gain last, over a wide range: streams arrive at any level, and the student must not
-        # care. Peak-normalise first so the gain is relative to full scale.
-        gain = float(rng.uniform(*c.gain_db))
-        applied.append(f"gain {gain:.0f} dB")
-        return (y / max(float(np.abs(y).max()), 1e-7) * 10 ** (gain / 20)).astype(np.float32)
+        return noise_then_gain(y, self.config, applied, rng)
 
     def batch(self, n: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[list[str]], list[str | None]]:
         """``n`` augmented crops. The mp3 round trip is done for all chosen crops of the batch in
@@ -285,6 +286,22 @@ class Augmenter:
                 crops[i] = coded[k * length : (k + 1) * length]
                 notes[i].append(f"mp3 {kbps}k")
         return [self.finish(y, a, rng) for y, a in zip(crops, notes, strict=True)], notes, labels
+
+
+def noise_then_gain(y: np.ndarray, config: AugmentConfig, applied: list[str], rng: np.random.Generator) -> np.ndarray:
+    """Noise at 5-30 dB SNR (with ``config.p_noise``), then a gain relative to full scale.
+
+    Gain last, over a wide range: streams arrive at any level, and the student must not care.
+    The audio is peak-normalised first so the gain is relative to full scale. What was done is
+    appended to ``applied``.
+    """
+    if rng.random() < config.p_noise:
+        snr = float(rng.uniform(5, 30))
+        y = add_noise(y, snr, rng, colour=float(rng.choice([0.0, 1.0])))
+        applied.append(f"noise {snr:.0f} dB")
+    gain = float(rng.uniform(*config.gain_db))
+    applied.append(f"gain {gain:.0f} dB")
+    return (y / max(float(np.abs(y).max()), 1e-7) * 10 ** (gain / 20)).astype(np.float32)
 
 
 def _rms(y: np.ndarray) -> float:

@@ -30,7 +30,7 @@ import threading
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 
-from streamgenre.config import Settings
+from streamgenre.config import DEFAULT_CHUNK_S, Settings
 
 
 def _run_workers(settings: Settings) -> int:
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--stream-id", required=True,
                      help=f"Kafka key of every chunk: 1-{STREAM_ID_MAX_LENGTH} characters of {STREAM_ID_CHARACTERS}")
     ing.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
-    ing.add_argument("--chunk-s", type=float, default=0.5, help="seconds of audio per chunk")
+    ing.add_argument("--chunk-s", type=float, default=DEFAULT_CHUNK_S, help="seconds of audio per chunk")
     ing.add_argument("--format", choices=["s16le", "f32le"], default="s16le", help="PCM sample format")
     ing.add_argument("--loop", action="store_true", help="repeat the sources forever (no eos)")
     ing.set_defaults(handler=_cmd_ingest)

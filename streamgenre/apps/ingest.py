@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 from kafka import KafkaProducer
 
-from streamgenre.config import Settings
+from streamgenre.config import DEFAULT_CHUNK_S, Settings
 from streamgenre.stream.wire import BadInput, chunk_headers, validate_stream_id
 
 
@@ -215,7 +215,7 @@ def _blocks_of(sources: list[str], chunk_s: float, loop: bool, reports: list[Sou
             return  # looping over inputs that give nothing would spin forever
 
 
-def ingest(settings: Settings, sources: list[str], stream_id: str, speed: float = 1.0, chunk_s: float = 0.5,
+def ingest(settings: Settings, sources: list[str], stream_id: str, speed: float = 1.0, chunk_s: float = DEFAULT_CHUNK_S,
            fmt: str = "s16le", loop: bool = False,
            on_source_done: Callable[[SourceReport], None] = lambda report: None) -> list[SourceReport]:
     """Publish ``sources`` one after another as one stream; returns what each source gave.

@@ -11,7 +11,7 @@ from streamgenre.bench.layout import LAYOUTS
 from streamgenre.bench.models import MODEL_CHOICES
 from streamgenre.bench.report import table
 from streamgenre.bench.suite import run_bench
-from streamgenre.config import Settings
+from streamgenre.config import DEFAULT_CHUNK_S, Settings
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--streams", type=int, default=500, help="concurrent streams of the end-to-end run")
     bench.add_argument("--seconds", type=float, default=30.0, help="measured seconds of the end-to-end run")
     bench.add_argument("--warmup", type=float, default=8.0, help="seconds before measuring (first windows)")
-    bench.add_argument("--chunk-s", type=float, default=0.5, help="seconds of audio per chunk")
+    bench.add_argument("--chunk-s", type=float, default=DEFAULT_CHUNK_S, help="seconds of audio per chunk")
     bench.add_argument("--workers", type=int, default=2, help="daemon processes in one consumer group")
     bench.add_argument(
         "--layout", choices=LAYOUTS, default="shared",

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from streamgenre.bench.audio import INPUT_RATE
-from streamgenre.config import Settings
+from streamgenre.config import DEFAULT_CHUNK_S, Settings
 
 
 @dataclass
 class E2EConfig:
     streams: int
     seconds: float
-    chunk_s: float = 0.5
+    chunk_s: float = DEFAULT_CHUNK_S
     workers: int = 2
     warmup_s: float = 8.0
     partitions: int = 8

@@ -25,7 +25,7 @@ import numpy as np
 
 from streamgenre.bench.audio import INPUT_RATE, N_VOICES, voice
 from streamgenre.bench.procfs import rss_bytes
-from streamgenre.config import Settings
+from streamgenre.config import DEFAULT_CHUNK_S, Settings
 
 ACTIVE_S = 6.0  # seconds of audio the active streams receive after every stream holds a window
 
@@ -94,7 +94,7 @@ def memory_worker(model_path: str, streams: int, active: int, chunk_s: float, ou
     })
 
 
-def measure_memory(model_path: Path, streams: int, active: int, chunk_s: float = 0.5,
+def measure_memory(model_path: Path, streams: int, active: int, chunk_s: float = DEFAULT_CHUNK_S,
                    verbose: bool = True) -> dict[str, Any]:
     """:func:`memory_worker` in a fresh spawned process (its RSS is this measurement's alone)."""
     ctx = multiprocessing.get_context("spawn")

@@ -1,0 +1,80 @@
+"""Offline distillation: teacher labels of clean audio, damaged views, crops that follow the audio."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from training import distill_offline
+from training.cnn import build_random_onnx, default_recipe
+from training.corpus import CorpusFile, scan_corpus
+from training.data import GTZAN_GENRES
+from training.distill_offline import FileViews, ViewConfig, ViewSampler, prepare_file
+
+RATE = 22050
+RECIPE = replace(default_recipe(), mean=-30.0, std=20.0)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random paper CNN stands in for the tagger: the pipeline needs its contract, not its skill."""
+    path = tmp_path_factory.mktemp("teacher") / "genre_cnn.onnx"
+    build_random_onnx(path, RECIPE, list(GTZAN_GENRES))
+    distill_offline._init_worker(str(path))
+    return path
+
+
+def tone(path: Path, seconds: float, freq: float) -> CorpusFile:
+    t = np.arange(int(seconds * RATE)) / RATE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE)
+    return scan_corpus([path.parent]).files[0]
+
+
+def test_views_keep_the_file_length_and_the_cache_returns_the_same(tmp_path: Path, teacher: Path) -> None:
+    f = tone(tmp_path / "corpus" / "rock.00012.wav", 9.0, 440.0)
+    config = ViewConfig(views=3, p_speed=1.0, p_mp3=1.0, p_band=1.0, p_noise=1.0)
+    first = prepare_file((f, RECIPE, config, str(teacher), tmp_path / "cache"))
+    assert isinstance(first, FileViews)
+    assert first.label == GTZAN_GENRES.index("rock")
+    assert len(first.frames) == 3 and first.speeds[0] == 1.0 and first.speeds[1] != 1.0
+    clean_frames = first.frames[0].shape[1]
+    for frames, speed in zip(first.frames[1:], first.speeds[1:], strict=True):
+        assert frames.shape[0] == RECIPE.n_mels
+        assert frames.shape[1] == pytest.approx(clean_frames / speed, abs=3)  # faster = shorter
+        assert np.isfinite(frames.astype(np.float32)).all()
+    assert first.teacher_logprobs.shape == (len(first.teacher_centres_s), len(GTZAN_GENRES))
+    assert np.allclose(np.exp(first.teacher_logprobs).sum(1), 1.0, atol=1e-3)
+    again = prepare_file((f, RECIPE, config, str(teacher), tmp_path / "cache"))
+    assert isinstance(again, FileViews)
+    assert all(np.array_equal(a, b) for a, b in zip(first.frames, again.frames, strict=True))
+    assert np.array_equal(first.teacher_logprobs, again.teacher_logprobs)
+
+
+def test_a_file_that_does_not_decode_is_reported_not_raised(tmp_path: Path, teacher: Path) -> None:
+    good = tone(tmp_path / "c" / "a.wav", 4.0, 300.0)
+    broken = tmp_path / "c" / "a.wav"
+    broken.write_bytes(b"RIFF" + b"\x00" * 100)  # same header scan, no audio behind it
+    result = prepare_file((good, RECIPE, ViewConfig(views=2), str(teacher), tmp_path / "cache"))
+    assert isinstance(result, str) and "a.wav" in result
+
+
+def test_sampler_targets_follow_the_clean_recording_and_mixup_drops_labels(tmp_path: Path, teacher: Path) -> None:
+    items = [
+        prepare_file((tone(tmp_path / d / name, 8.0, hz), RECIPE, ViewConfig(views=2), str(teacher), tmp_path / "k"))
+        for d, name, hz in (("a", "jazz.00001.wav", 220.0), ("b", "free.wav", 880.0))
+    ]
+    assert all(isinstance(i, FileViews) for i in items)
+    sampler = ViewSampler(items, RECIPE, seed=1, p_mixup=0.0)
+    x, logp, emb, labels = sampler.batch(32)
+    assert x.shape == (32, 1, RECIPE.n_mels, RECIPE.n_frames) and np.isfinite(x.numpy()).all()
+    assert emb.shape[0] == 32 and set(labels.tolist()) <= {-1, GTZAN_GENRES.index("jazz")}
+    # Each crop's target is a (renormalised) interpolation of its own file's teacher outputs.
+    assert np.allclose(logp.exp().sum(1).numpy(), 1.0, atol=0.02)
+    mixed = ViewSampler(items, RECIPE, seed=1, p_mixup=1.0).batch(16)
+    assert (mixed[3] == -1).all() and np.isfinite(mixed[0].numpy()).all()
+    assert np.allclose(mixed[1].exp().sum(1).numpy(), 1.0, atol=0.02)

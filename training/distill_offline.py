@@ -1,0 +1,357 @@
+"""Offline distillation: the tagger labels clean audio once, the student learns from many damaged views.
+
+``python -m training.distill_offline --corpus DIR [DIR ...] --out build/distill-offline`` runs:
+
+1. **Teacher pass** (one worker process per core, :func:`prepare_file`). The served tagger
+   (``model/genre_cnn.onnx`` by default, the accurate model) labels every file of the corpus
+   once, on the *clean* audio: raw genre probabilities and its embedding for windows every
+   ``--teacher-hop`` seconds.
+2. **Views** (same workers). Each file is also turned into ``--views`` versions in the
+   student's front end: the clean one plus damaged ones, each a random chain over the *whole
+   file* of speed change (pitch and tempo together, 0.89-1.12x), an mp3 round trip through
+   ffmpeg (32-128 kbit/s), a telephone/AM/FM band, noise at 5-30 dB SNR and a gain from
+   -45 to +3 dB full scale. Whole files on purpose: one ffmpeg call per view instead of one per
+   crop, and the log-mel of a file is computed once for every crop later cut from it. Results
+   are cached per file under ``OUT/../views`` so a second run (another size, another seed)
+   starts training at once.
+3. **Training** (this process, both cores). Batches are cut from the views in memory: a
+   random file (each corpus folder an equal share), view and offset, a random time stretch in
+   the frame domain (0.8-1.25x; with the speed change, pitch shift and tempo vary separately),
+   and mixup of two crops in the mel power domain. The target is the teacher's output at the
+   same instant of the clean recording, interpolated between its windows. Loss: KL divergence
+   to the teacher's genre distribution at temperature ``T`` (x T^2), cosine distance between
+   a projection of the student's embedding and the teacher's standardised embedding (so
+   similarity search keeps the teacher's notion of "sounds alike"), and a small cross-entropy
+   on the GTZAN label where a crop has one. ONNX checkpoints every few minutes.
+4. **Evaluation** of the final student on gtzan-mini test (never trained on).
+
+Why offline and not "consistent" (:mod:`training.distill_scale`, where the teacher labels
+each augmented crop): the tagger costs ~0.1 CPU-s a window, so consistent teaching buys a few
+thousand examples an hour on two cores. Labelling clean audio once costs ~10 minutes for the
+whole corpus, after which examples cost only the student's own step (~1 M an hour). And the
+target is what a listener of the *clean* recording would say, so the student learns to give
+the same answer through a telephone line or an mp3 stream, which the tagger itself does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from streamgenre.model.contract import GenreModel
+from streamgenre.model.features import (
+    FeatureRecipe,
+    log_mel,
+    resample,
+    window_input,
+    window_starts,
+    windows_from_frames,
+)
+from training.cnn import build_model, count_parameters, export_onnx
+from training.corpus import (
+    BROADCAST_BANDS,
+    AugmentConfig,
+    CorpusFile,
+    broadcast_band,
+    gtzan_genre,
+    mp3_round_trip,
+    noise_then_gain,
+    sampling_weights,
+    scan_corpus,
+)
+from training.data import GTZAN_GENRES, load_split, read_audio
+from training.distill_scale import distillation_loss, student_recipe
+from training.evaluate import evaluate_onnx
+
+log = logging.getLogger(__name__)
+LABELS = list(GTZAN_GENRES)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """How the damaged views of a file are made (part of the cache key)."""
+
+    views: int = 4
+    max_seconds: float = 240.0
+    teacher_hop_s: float = 2.0
+    p_speed: float = 0.5
+    p_band: float = 0.35
+    p_mp3: float = 0.35
+    p_noise: float = 0.4
+    seed: int = 0
+
+
+@dataclass
+class FileViews:
+    """One corpus file, ready to cut training examples from."""
+
+    path: str
+    root: str
+    label: int
+    teacher_centres_s: np.ndarray  # (W,) centre of each teacher window, seconds of the clean audio
+    teacher_logprobs: np.ndarray  # (W, 10) log of the raw (uncalibrated) genre probabilities
+    teacher_embedding: np.ndarray  # (W, D)
+    frames: list[np.ndarray]  # per view: compressed student log-mel frames (n_mels, T), float16
+    speeds: list[float]  # per view: how much faster than the original it plays
+
+
+def _damage(y: np.ndarray, sr: int, config: ViewConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """One damaged whole-file view and its speed factor."""
+    speed = float(rng.uniform(0.89, 1.12)) if rng.random() < config.p_speed else 1.0
+    if speed != 1.0:
+        # Playing `speed` times faster is reading the samples as if recorded at sr * speed.
+        y = resample(y, round(sr * speed), sr)
+    if rng.random() < config.p_mp3:
+        peak = max(1.0, float(np.abs(y).max()))
+        y = mp3_round_trip(y / peak, sr, int(rng.choice([32, 48, 64, 96, 128])))
+    if rng.random() < config.p_band:
+        y = broadcast_band(y, sr, str(rng.choice(BROADCAST_BANDS)))
+    chain = AugmentConfig(p_noise=config.p_noise)
+    return noise_then_gain(y, chain, [], rng), speed
+
+
+def _cache_key(f: CorpusFile, teacher: Path, recipe: FeatureRecipe, config: ViewConfig) -> str:
+    stat = f.path.stat()
+    text = json.dumps([str(f.path), stat.st_size, stat.st_mtime_ns, str(teacher), teacher.stat().st_size,
+                       recipe.to_dict(), asdict(config)], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(teacher_path: str) -> None:
+    torch.set_num_threads(1)
+    _worker["teacher"] = GenreModel(Path(teacher_path), threads=1)
+
+
+def prepare_file(job: tuple[CorpusFile, FeatureRecipe, ViewConfig, str, Path]) -> FileViews | str:
+    """Teacher outputs and student views of one file (cached); an error text when it does not decode."""
+    f, recipe, config, teacher_path, cache_dir = job
+    cache = cache_dir / f"{_cache_key(f, Path(teacher_path), recipe, config)}.npz"
+    label = gtzan_genre(f.path)
+    label_id = LABELS.index(label) if label else -1
+    if cache.is_file():
+        z = np.load(cache)
+        n = int(z["n_views"])
+        return FileViews(str(f.path), f.root, label_id, z["centres"], z["logprobs"], z["embedding"],
+                         [z[f"view{i}"] for i in range(n)], list(z["speeds"]))
+    teacher: GenreModel = _worker["teacher"]
+    try:
+        clean_t = read_audio(f.path, teacher.recipe.sample_rate)
+        clean_s = read_audio(f.path, recipe.sample_rate)
+    except Exception as err:  # a file that passed the header scan may still fail to decode
+        return f"{f.path}: {str(err).splitlines()[0][:200]}"
+    trecipe = teacher.recipe
+    # A file shorter than a window (the corpus's 2.5 s GTZAN snippets) is padded with silence,
+    # as the daemon's framer would see it between two items.
+    clean_t = clean_t[: round(config.max_seconds * trecipe.sample_rate)]
+    clean_t = np.pad(clean_t, (0, max(0, trecipe.window_samples + trecipe.n_fft - len(clean_t))))
+    frames_t = log_mel(clean_t, trecipe)
+    hop = max(1, trecipe.seconds_to_frames(config.teacher_hop_s))
+    starts = list(window_starts(frames_t.shape[1], trecipe.n_frames, hop))
+    probs, embedding = teacher.predict(windows_from_frames(frames_t, trecipe, starts), batch_size=32, calibrated=False)
+    centres = np.array([trecipe.frames_to_seconds(s + trecipe.n_frames / 2) for s in starts], np.float32)
+    rng = np.random.default_rng([config.seed, int(hashlib.sha1(str(f.path).encode()).hexdigest()[:8], 16)])
+    clean_s = clean_s[: round(config.max_seconds * recipe.sample_rate)]
+    clean_s = np.pad(clean_s, (0, max(0, recipe.window_samples + recipe.n_fft - len(clean_s))))
+    views, speeds = [log_mel(clean_s, recipe).astype(np.float16)], [1.0]
+    for _ in range(config.views - 1):
+        damaged, speed = _damage(clean_s, recipe.sample_rate, config, rng)
+        damaged = np.pad(damaged, (0, max(0, recipe.window_samples + recipe.n_fft - len(damaged))))
+        views.append(log_mel(damaged, recipe).astype(np.float16))
+        speeds.append(speed)
+    logprobs = np.log(np.maximum(probs, 1e-8)).astype(np.float32)
+    arrays = {f"view{i}": v for i, v in enumerate(views)}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial")
+    with partial.open("wb") as out:  # renamed when complete: a killed run leaves no half-written cache
+        np.savez(out, n_views=len(views), centres=centres, logprobs=logprobs,
+                 embedding=embedding.astype(np.float16), speeds=np.array(speeds), **arrays)
+    partial.replace(cache)
+    return FileViews(str(f.path), f.root, label_id, centres, logprobs, embedding.astype(np.float16), views, speeds)
+
+
+class ViewSampler:
+    """Cuts training batches out of the views: crop, time stretch, mixup, teacher targets."""
+
+    def __init__(self, items: list[FileViews], recipe: FeatureRecipe, seed: int = 0,
+                 p_stretch: float = 0.3, p_mixup: float = 0.25) -> None:
+        self.items, self.recipe = items, recipe
+        self.frame_s = recipe.hop_length / recipe.sample_rate
+        seconds = [i.frames[0].shape[1] * self.frame_s for i in items]
+        files = [CorpusFile(Path(i.path), i.root, s, 0) for i, s in zip(items, seconds, strict=True)]
+        self.weights = sampling_weights(files)
+        self.rng = np.random.default_rng(seed)
+        self.p_stretch, self.p_mixup = p_stretch, p_mixup
+
+    def crop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """One ``(input (1, M, N), teacher log-probs, teacher embedding, label)`` example."""
+        rng, n = self.rng, self.recipe.n_frames
+        item = self.items[int(rng.choice(len(self.items), p=self.weights))]
+        v = int(rng.integers(len(item.frames)))
+        frames, speed = item.frames[v], item.speeds[v]
+        stretch = float(rng.uniform(0.8, 1.25)) if rng.random() < self.p_stretch else 1.0
+        span = min(frames.shape[1], max(2, round(n * stretch)))
+        start = int(rng.integers(0, frames.shape[1] - span + 1))
+        piece = frames[:, start : start + span].astype(np.float32)
+        if span != n:
+            # Linear interpolation along time: a tempo change without a pitch change.
+            at = np.linspace(0, span - 1, n)
+            lo = np.floor(at).astype(int)
+            hi = np.minimum(lo + 1, span - 1)
+            w = (at - lo).astype(np.float32)
+            piece = piece[:, lo] * (1 - w) + piece[:, hi] * w
+        centre_s = (start + span / 2) * self.frame_s * speed
+        c = item.teacher_centres_s
+        logprobs = np.stack([np.interp(centre_s, c, item.teacher_logprobs[:, k]) for k in range(len(LABELS))])
+        logprobs -= np.log(np.exp(logprobs).sum())  # interpolated log-probabilities, renormalised
+        j = int(np.clip(np.searchsorted(c, centre_s), 0, len(c) - 1))
+        return window_input(piece, self.recipe), logprobs.astype(np.float32), item.teacher_embedding[j], item.label
+
+    def batch(self, size: int) -> tuple[torch.Tensor, ...]:
+        x, t_logp, t_emb, labels = zip(*(self.crop() for _ in range(size)), strict=True)
+        xs = torch.from_numpy(np.stack(x))
+        logp = torch.from_numpy(np.stack(t_logp))
+        emb = torch.from_numpy(np.stack(t_emb).astype(np.float32))
+        y = torch.tensor(labels)
+        mixed = torch.from_numpy(self.rng.random(size) < self.p_mixup)
+        if bool(mixed.any()):
+            other = torch.randperm(size)
+            lam = torch.from_numpy(self.rng.uniform(0.55, 0.95, size).astype(np.float32))
+            mean, std = (torch.tensor(np.array(a, np.float32)) for a in self.recipe.normaliser)
+            # Mix in the mel power domain (as two recordings add), then back to normalised dB.
+            # Each crop is first brought to the same mean dB (the views' gains span 48 dB), so
+            # that `lam` is the share of each recording in the mixture, as its target says.
+            db = xs * std + mean
+            db = db - db.mean(dim=(1, 2, 3), keepdim=True)
+            power = torch.pow(10.0, db / 10)
+            lam_x = lam.view(-1, 1, 1, 1)
+            mix_db = 10 * torch.log10(lam_x * power + (1 - lam_x) * power[other])
+            xs = torch.where(mixed.view(-1, 1, 1, 1), (mix_db - mean) / std, xs)
+            probs = lam.view(-1, 1) * logp.exp() + (1 - lam.view(-1, 1)) * logp[other].exp()
+            logp = torch.where(mixed.view(-1, 1), probs.log(), logp)
+            emb = torch.where(mixed.view(-1, 1), lam.view(-1, 1) * emb + (1 - lam.view(-1, 1)) * emb[other], emb)
+            y = torch.where(mixed, torch.full_like(y, -1), y)
+        return xs, logp, emb, y
+
+
+def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: float, seed: int = 0,
+          widths: tuple[int, ...] = (16, 32, 64, 128), batch: int = 64, temperature: float = 2.0,
+          emb_weight: float = 1.0, label_weight: float = 0.3, checkpoint_min: float = 10.0,
+          **sidecar: Any) -> dict[str, Any]:
+    """Train for ``minutes`` of wall clock; export ONNX checkpoints to ``out_dir`` as it goes."""
+    torch.manual_seed(seed)
+    model = build_model(recipe.n_mels, recipe.n_frames, len(LABELS), seed=seed, center_input=True, widths=widths)
+    emb_dim = sampler.items[0].teacher_embedding.shape[1]
+    projection = nn.Linear(model.embedding_dim, emb_dim)
+    optimiser = torch.optim.AdamW([*model.parameters(), *projection.parameters()], lr=2e-3, weight_decay=1e-4)
+    every = np.concatenate([i.teacher_embedding for i in sampler.items]).astype(np.float32)
+    emb_mean, emb_std = torch.from_numpy(every.mean(0)), torch.from_numpy(every.std(0) + 1e-3)
+    onnx_path = out_dir / "genre_cnn.onnx"
+    history: list[dict[str, float]] = []
+
+    def export(step: int) -> None:
+        export_onnx(model, recipe, LABELS, onnx_path, hop_frames=recipe.n_frames // 2, steps=step,
+                    examples_seen=step * batch, **sidecar)
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+
+    start = last = time.monotonic()
+    step = 0
+    model.train()
+    with tqdm(desc="train student", total=round(minutes * 60), unit="s") as bar:
+        while (elapsed := time.monotonic() - start) < minutes * 60:
+            for group in optimiser.param_groups:  # cosine decay over the planned time
+                group["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * elapsed / (minutes * 60)))
+            x, t_logp, t_emb, labels = sampler.batch(batch)
+            logits, embedding = model(x)
+            loss, parts = distillation_loss(logits, embedding, projection, t_logp, (t_emb - emb_mean) / emb_std,
+                                            labels, temperature, emb_weight, label_weight)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            step += 1
+            if step % 100 == 0:
+                history.append({"step": step, "s": round(elapsed, 1), "loss": round(loss.item(), 4),
+                                **{k: round(v, 4) for k, v in parts.items()}})
+                bar.set_postfix(loss=f"{loss.item():.3f}", step=step)
+                bar.n = round(elapsed)
+                bar.refresh()
+            if time.monotonic() - last > checkpoint_min * 60:
+                export(step)
+                last = time.monotonic()
+    export(step)
+    return {"steps": step, "examples_seen": step * batch, "minutes": round((time.monotonic() - start) / 60, 1),
+            "batch": batch, "temperature": temperature, "emb_weight": emb_weight, "label_weight": label_weight,
+            "widths": list(widths), "n_parameters": count_parameters(model), "history": history}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.distill_offline", description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", type=Path, nargs="+", required=True, help="folders of audio (searched recursively)")
+    parser.add_argument("--teacher", type=Path, default=REPO / "model" / "genre_cnn.onnx")
+    parser.add_argument("--gtzan-mini", type=Path, default=Path("../shared/data/gtzan-mini"))
+    parser.add_argument("--out", type=Path, default=Path("build/distill-offline/student"))
+    parser.add_argument("--minutes", type=float, default=60.0, help="training time budget (wall clock)")
+    parser.add_argument("--views", type=int, default=ViewConfig.views, help="versions of each file (1 clean)")
+    parser.add_argument("--max-seconds", type=float, default=ViewConfig.max_seconds, help="per file")
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="conv channels")
+    parser.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 1)))
+    parser.add_argument("--threads", type=int, default=max(1, (mp.cpu_count() or 1)), help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    recipe = student_recipe(args.gtzan_mini)
+    config = ViewConfig(views=args.views, max_seconds=args.max_seconds, seed=args.seed)
+    corpus = scan_corpus(args.corpus)
+    for path, why in corpus.undecodable.items():
+        log.warning("skipping %s: does not decode (%s)", path, why)
+    cache_dir = args.out.parent / "views"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(f, recipe, config, str(args.teacher), cache_dir) for f in corpus.files]
+    items: list[FileViews] = []
+    failed: dict[str, str] = dict(corpus.undecodable)
+    with mp.get_context("spawn").Pool(args.workers, _init_worker, (str(args.teacher),)) as pool:
+        done = pool.imap_unordered(prepare_file, jobs)
+        for result in tqdm(done, total=len(jobs), desc="teacher + views", unit="file"):
+            if isinstance(result, str):
+                log.warning("skipping %s", result)
+                failed[result.split(":")[0]] = result
+            else:
+                items.append(result)
+    items.sort(key=lambda i: i.path)
+    teacher = GenreModel(args.teacher)
+    sampler = ViewSampler(items, recipe, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = train(sampler, recipe, args.out, args.minutes, seed=args.seed, widths=tuple(args.widths),
+                    version="distilled-offline", teacher=f"{teacher.version} ({args.teacher.name}), raw probabilities "
+                    "on clean audio", trained_on=corpus.summary())
+    result = evaluate_onnx(args.out / "genre_cnn.onnx", load_split(args.gtzan_mini, "mini")["test"], cache_dir=None)
+    report = {
+        "corpus": {**corpus.summary(), "undecodable": failed},
+        "views": asdict(config),
+        "teacher_windows": int(sum(len(i.teacher_centres_s) for i in items)),
+        "training": summary,
+        "mini_test": {k: result[k] for k in ("clip_accuracy", "window_accuracy", "macro_f1", "n_clips", "confusion")},
+    }
+    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"gtzan-mini test (50 clips): clip {result['clip_accuracy']:.1%}, window {result['window_accuracy']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
