@@ -27,7 +27,8 @@ import redis
 from streamgenre.apps import cli
 from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.apps.radio import Station
-from streamgenre.apps.relay import Relay, RelayMetrics
+from streamgenre.apps.relay import Relay
+from streamgenre.apps.relay_metrics import RelayMetrics
 from streamgenre.config import Settings
 from tests.conftest import REDIS_URL, SHARED, isolated_settings, read_topic, running_daemon
 from tests.radio import RadioStation, default_programme, require
