@@ -138,7 +138,8 @@ class Settings(BaseSettings):
     change_min_s: float = Field(6.0, description="A new genre must lead this long before a change event.")
     content_model_path: Path | None = Field(
         SHIPPED_CONTENT_MODEL,
-        description="Speech/music/mixed weights (JSON); unset: every audible window counts as music.")
+        description="Speech/music/mixed weights (JSON); by default the `content.json` beside the served model "
+        "when there is one; unset: every audible window counts as music.")
     silence_dbfs: float = Field(-55.0, description="Windows quieter than this RMS level (dBFS) are silence.")
     segment_min_s: float = Field(
         8.0, gt=0, description="A new state/genre/title must hold this long to start a segment.")
@@ -194,6 +195,12 @@ class Settings(BaseSettings):
         if self.model_path is None:
             profile = MODEL_PROFILES.get(self.model)
             self.model_path = self.model_dir / profile if profile else Path(self.model)
+        # A content model reads the genre model's front end, so each profile ships its own
+        # beside its graph; one set explicitly (or unset: level only) is left as given.
+        if "content_model_path" not in self.model_fields_set:
+            beside = self.model_path.parent / SHIPPED_CONTENT_MODEL.name
+            if beside.is_file():
+                self.content_model_path = beside
         return self
 
     def kafka_security(self) -> dict[str, Any]:

@@ -88,3 +88,17 @@ def test_model_profiles_resolve_to_files(tmp_path: Path) -> None:
     assert Settings(model="fast", model_path=tmp_path / "y.onnx").model_path == tmp_path / "y.onnx"
     for name in MODEL_PROFILES:  # every profile the settings name is shipped and honours the contract
         GenreModel(Settings(model=name).model_path)
+
+
+def test_each_profile_gets_a_content_model_for_its_own_front_end() -> None:
+    """Regression: `STREAMGENRE_MODEL=student` kept model/content.json (the tagger's 16 kHz front
+    end), which the content stage refuses against the student's 22.05 kHz recipe."""
+    from streamgenre.config import MODEL_PROFILES, SHIPPED_CONTENT_MODEL, Settings
+    from streamgenre.model.content import ContentModel
+
+    for name in MODEL_PROFILES:
+        settings = Settings(model=name)
+        content = ContentModel(settings.content_model_path, settings.silence_dbfs)
+        content.check_recipe(GenreModel(settings.model_path).recipe)
+    assert Settings(model="student").content_model_path == SHIPPED_CONTENT_MODEL.parent / "student" / "content.json"
+    assert Settings(model="student", content_model_path=None).content_model_path is None
