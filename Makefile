@@ -64,11 +64,11 @@ DISTILL_CORPUS := ../shared/data/music-corpus ../shared/data/free-music ../share
 STUDENT_MINUTES ?= 65
 student: $(VENV)/.test-installed
 	OPENBLAS_NUM_THREADS=1 $(PY) -m training.distill_offline --corpus $(DISTILL_CORPUS) --out build/distill-offline/student --minutes $(STUDENT_MINUTES)
-	mkdir -p model/student model/report/student
+	mkdir -p model/student
 	cp build/distill-offline/student/genre_cnn.onnx build/distill-offline/student/genre_cnn.json model/student/
 	cp build/distill-offline/student/report.json model/report/student_offline_distill.json
 	$(PY) -m training.content --genre-model model/student/genre_cnn.onnx --out model/student/content.json \
-		--report model/report/student/content.json
+		--report model/report/content_student.json
 
 # YAMNet (AudioSet) + a genre head distilled the consistent way (the teacher labels every augmented
 # crop; training/distill_scale.py) into model/student-yamnet/: it knows more of the example tracks,

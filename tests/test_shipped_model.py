@@ -58,7 +58,7 @@ STUDENT = REPO / "model" / "student" / "genre_cnn.onnx"
 
 
 def test_student_serves_with_the_shipped_labels() -> None:
-    """The distilled student (``make student-mini``) is a drop-in model: same genres, contract outputs."""
+    """The distilled student (``make student``) is a drop-in model: same genres, contract outputs."""
     from streamgenre.model.contract import GenreModel
 
     student, teacher = GenreModel(STUDENT), json.loads(MODEL.with_suffix(".json").read_text())

@@ -299,6 +299,21 @@ def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: f
             "widths": list(widths), "n_parameters": count_parameters(model), "history": history}
 
 
+def inherited_calibration(teacher: GenreModel) -> dict[str, Any]:
+    """The teacher's temperature, for the student's sidecar.
+
+    Every labelled clip we may train on is in the corpus, so no clip is left to fit a
+    temperature of the student's own on (:mod:`training.calibration` needs a held-out part). The
+    student is trained to reproduce the teacher's *raw* probabilities, so it inherits the map
+    that calibrates them: the teacher's temperature, fitted on out-of-fold mini_train windows.
+    Whether that holds is measured, not assumed: the scorecard's ECE on mini_test (raw -> served).
+    """
+    return {"temperature": teacher.spec.temperature,
+            "calibration": {"temperature": teacher.spec.temperature,
+                            "fitted_on": f"inherited from the teacher {teacher.version}, whose raw probabilities "
+                            "the student imitates (its own fit: out-of-fold mini_train windows)"}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.distill_offline", description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", type=Path, nargs="+", required=True, help="folders of audio (searched recursively)")
@@ -317,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     recipe = student_recipe(args.gtzan_mini)
     config = ViewConfig(views=args.views, max_seconds=args.max_seconds, seed=args.seed)
-    corpus = scan_corpus(args.corpus)
-    for path, why in corpus.undecodable.items():
-        log.warning("skipping %s: does not decode (%s)", path, why)
+    corpus = scan_corpus(args.corpus)  # warns about each file that does not decode
     cache_dir = args.out.parent / "views"
     cache_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(f, recipe, config, str(args.teacher), cache_dir) for f in corpus.files]
@@ -339,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary = train(sampler, recipe, args.out, args.minutes, seed=args.seed, widths=tuple(args.widths),
                     version="distilled-offline", teacher=f"{teacher.version} ({args.teacher.name}), raw probabilities "
-                    "on clean audio", trained_on=corpus.summary())
+                    "on clean audio", trained_on=corpus.summary(), **inherited_calibration(teacher))
     result = evaluate_onnx(args.out / "genre_cnn.onnx", load_split(args.gtzan_mini, "mini")["test"], cache_dir=None)
     report = {
         "corpus": {**corpus.summary(), "undecodable": failed},
