@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="conv channels")
     parser.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 1)))
     parser.add_argument("--threads", type=int, default=max(1, (mp.cpu_count() or 1)), help="torch threads")
+    parser.add_argument("--hours", type=float, default=None, help="use only this many hours of the corpus "
+                        "(a seeded random subset of files, for the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -333,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = student_recipe(args.gtzan_mini)
     config = ViewConfig(views=args.views, max_seconds=args.max_seconds, seed=args.seed)
     corpus = scan_corpus(args.corpus)  # warns about each file that does not decode
+    if args.hours is not None:
+        corpus = corpus.subset_hours(args.hours, args.seed)
     cache_dir = args.out.parent / "views"
     cache_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(f, recipe, config, str(args.teacher), cache_dir) for f in corpus.files]

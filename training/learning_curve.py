@@ -1,8 +1,10 @@
 """The learning curve of distillation: gtzan-mini test accuracy vs hours of corpus audio used.
 
 ``python -m training.learning_curve build/distill/curve_* --out model/report/learning_curve.json``
-collects the ``report.json`` of runs of ``training.distill_scale --hours H`` (same time budget
-each), sorted by the hours actually used, and prints a Markdown table for the model card.
+collects the ``report.json`` of runs of ``training.distill_scale --hours H`` or
+``training.distill_offline --hours H`` (same time budget each), sorted by the hours actually used,
+and prints a Markdown table for the model card. "Examples" are the crops the on-the-fly generator
+made (distill_scale) or the crops the trainer drew from the cached views (distill_offline).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def collect(run_dirs: list[Path]) -> list[dict[str, object]]:
                 "files": report["corpus"]["files"],
                 "minutes": training["minutes"],
                 "steps": training["steps"],
-                "examples_generated": training["examples_generated"],
+                "examples_generated": training.get("examples_generated", training.get("examples_seen")),
                 "clip_accuracy": report["mini_test"]["clip_accuracy"],
                 "window_accuracy": report["mini_test"]["window_accuracy"],
             }

@@ -93,8 +93,8 @@ class PushResult:
 class StreamState:
     """Resampler, feature front end, frame buffer and needed offsets of one stream segment.
 
-    Memory is bounded: the frame buffer holds ``n_frames + hop_frames`` mel frames (hop never
-    exceeds the window), the feature
+    Memory is bounded: the frame buffer holds one window of mel frames (``n_frames``; a window
+    is emitted as soon as the buffer is full, which frees a hop for the next frames), the feature
     front end fewer than ``n_fft`` samples, the resampler its filter state, and the offset
     list one entry per chunk of the current window. Until its first window, a segment also keeps
     its first ``window_samples`` of model-rate audio, for :meth:`short_window`.
@@ -120,12 +120,16 @@ class StreamState:
         self._skip = self.window_start(self.next_window) - anchor
         self._features = StreamingLogMel(recipe)
         # soxr's streaming resampler keeps filter state across chunks, so chunk boundaries
-        # leave no seams; librosa.resample only works on whole signals.
+        # leave no seams; librosa.resample only works on whole signals. Medium quality, not
+        # the HQ that librosa.load uses in training: HQ holds 213 KB per stream (MQ 11.5 KB),
+        # the largest state of a stream at a 16 kHz model, while MQ moves the log-mel by 0.007 dB
+        # on average (0.2-0.4 dB in the top band only) and the tagger's probabilities by at most
+        # 0.025, argmax unchanged on 152 of 152 mini_test windows (docs/PERFORMANCE.md, memory).
         self._resampler = (
-            soxr.ResampleStream(input_rate, recipe.sample_rate, 1, dtype="float32", quality="HQ")
+            soxr.ResampleStream(input_rate, recipe.sample_rate, 1, dtype="float32", quality="MQ")
             if input_rate != recipe.sample_rate else None
         )
-        self._frames = np.zeros((recipe.n_mels, recipe.n_frames + hop_frames), np.float32)
+        self._frames = np.zeros((recipe.n_mels, recipe.n_frames), np.float32)
         self._n_frames = 0  # valid frames in the buffer, the first belongs to window next_window
         self._chunk_starts: collections.deque[tuple[int, int]] = collections.deque()
         self.windows_emitted = 0
@@ -174,9 +178,8 @@ class StreamState:
             self._frames[:, self._n_frames : self._n_frames + taken] = new_frames[:, :taken]
             self._n_frames += taken
             new_frames = new_frames[:, taken:]
-            # A full buffer can hold two complete windows: emit both now, or the second would
-            # wait for audio that an end of stream never brings.
-            while self._n_frames >= self.recipe.n_frames:
+            # Emit before taking more frames: a full buffer is exactly one window.
+            if self._n_frames == self.recipe.n_frames:
                 windows.append(self._emit(received_at, ts_ms, title))
         self._forget_consumed_chunks()
         return windows
