@@ -300,8 +300,9 @@ def render_report(metrics: dict[str, Any]) -> str:
         if protocol == "mini":
             lines += [
                 "Models trained here used only `splits/mini_train.txt` (a stratified fifth of it held",
-                "out for early stopping); none of them is the default model. `distilled_cnn` (the",
-                "default tagger distilled into the paper CNN) is `model/student/`, served on request.",
+                "out for early stopping); none of them is served. `distilled_cnn` (the tagger distilled",
+                "into the paper CNN on mini_train alone) was the first student; the served one is",
+                "distilled offline on the whole corpus (`training/distill_offline.py`, model card).",
                 "50 test clips: one clip is 2 points.",
                 "",
             ]

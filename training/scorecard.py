@@ -241,8 +241,9 @@ def table(report_root: Path = REPORT_ROOT) -> str:
     reports.sort(key=lambda r: -r["cost"]["windows_per_cpu_s"])
     lines = [
         "| model (`model/report/<name>/`) | version | clip acc. | window acc. | macro F1 | ECE (raw → served) "
-        "| clip acc. at −20 / −40 dB | examples right | windows per CPU-s | streams per core (inference) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| clip acc. at −20 / −40 dB | examples right | windows per CPU-s | CPU per window vs paper CNN "
+        "(same run) | streams per core (inference) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         mini, levels = r["mini_test"], r.get("levels", {})
@@ -253,7 +254,8 @@ def table(report_root: Path = REPORT_ROOT) -> str:
             f"{mini['ece_uncalibrated']:.3f} → {mini['ece']:.3f} | "
             f"{_pct(levels.get('-20 dB', {}).get('clip_accuracy'))} / "
             f"{_pct(levels.get('-40 dB', {}).get('clip_accuracy'))} | {right}/{len(r['examples'])} | "
-            f"{r['cost']['windows_per_cpu_s']:,.0f} | {r['cost']['streams_per_core_inference_only']:,.0f} |"
+            f"{r['cost']['windows_per_cpu_s']:,.0f} | {r['cost']['cpu_per_window_vs_paper_cnn']:,.2f}× | "
+            f"{r['cost']['streams_per_core_inference_only']:,.0f} |"
         )
     return "\n".join(lines)
 
