@@ -37,6 +37,7 @@ def memory_worker(model_path: str, streams: int, active: int, chunk_s: float, ou
 
     from streamgenre.model.contract import load_spec
     from streamgenre.stream.framing import Arrival, Framer
+    from streamgenre.stream.heap import release_free_heap
     from streamgenre.stream.smoothing import GenreSmoother
     from streamgenre.stream.wire import Chunk, ChunkHeaders
 
@@ -70,7 +71,10 @@ def memory_worker(model_path: str, streams: int, active: int, chunk_s: float, ou
                         windows += 1
         return windows
 
+    # As the daemon's worker does on its housekeeping tick (streamgenre/stream/heap.py): freed
+    # temporaries are not the streams' memory.
     gc.collect()
+    release_free_heap()
     rss0 = rss_bytes(os.getpid())
     # A window and a hop: whatever a stream's phase on the window grid (up to a hop of its first
     # audio makes no window), every stream completes at least one window.
@@ -78,9 +82,11 @@ def memory_worker(model_path: str, streams: int, active: int, chunk_s: float, ou
     started, cpu0 = time.perf_counter(), time.process_time()
     windows = feed(range(streams), range(held_chunks))
     gc.collect()
+    release_free_heap()
     rss_held = rss_bytes(os.getpid())
     windows += feed(range(min(active, streams)), range(held_chunks, held_chunks + round(ACTIVE_S / chunk_s)))
     gc.collect()
+    release_free_heap()
     rss_active = rss_bytes(os.getpid())
     state = [s.state_bytes() for s in framer.streams.values()]
     out.put({

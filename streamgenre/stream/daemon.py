@@ -31,6 +31,7 @@ from kafka.errors import KafkaError
 from streamgenre.config import Settings
 from streamgenre.model.contract import GenreModel
 from streamgenre.model.similarity import Catalog
+from streamgenre.stream.heap import release_free_heap
 from streamgenre.stream.metrics import GcPauses, Health, Metrics, serve_http
 from streamgenre.stream.pipeline import NeighbourIndex, Pipeline
 from streamgenre.stream.sinks import KafkaSink, RedisSink, SinkError
@@ -340,6 +341,7 @@ class Daemon:
             self._collect_committable()
             if now >= next_eviction:
                 pipeline.evict_idle(now)
+                release_free_heap()
                 next_eviction = now + HOUSEKEEPING_INTERVAL_S
 
     def _take_step(self, timeout_s: float) -> tuple[list[Record], _Barrier | None]:

@@ -90,6 +90,9 @@ class PushResult:
     bad_input: BadInput | None = None  # a long container that failed while its blocks were decoded
 
 
+RESAMPLE_BLOCK = 2048  # input samples per soxr call; see StreamState._resample
+
+
 class StreamState:
     """Resampler, feature front end, frame buffer and needed offsets of one stream segment.
 
@@ -120,13 +123,10 @@ class StreamState:
         self._skip = self.window_start(self.next_window) - anchor
         self._features = StreamingLogMel(recipe)
         # soxr's streaming resampler keeps filter state across chunks, so chunk boundaries
-        # leave no seams; librosa.resample only works on whole signals. Medium quality, not
-        # the HQ that librosa.load uses in training: HQ holds 213 KB per stream (MQ 11.5 KB),
-        # the largest state of a stream at a 16 kHz model, while MQ moves the log-mel by 0.007 dB
-        # on average (0.2-0.4 dB in the top band only) and the tagger's probabilities by at most
-        # 0.025, argmax unchanged on 152 of 152 mini_test windows (docs/PERFORMANCE.md, memory).
+        # leave no seams; librosa.resample only works on whole signals. HQ, as librosa.load
+        # resamples in training.
         self._resampler = (
-            soxr.ResampleStream(input_rate, recipe.sample_rate, 1, dtype="float32", quality="MQ")
+            soxr.ResampleStream(input_rate, recipe.sample_rate, 1, dtype="float32", quality="HQ")
             if input_rate != recipe.sample_rate else None
         )
         self._frames = np.zeros((recipe.n_mels, recipe.n_frames), np.float32)
@@ -154,7 +154,7 @@ class StreamState:
         self.input_samples += samples.shape[0]
         self.last_activity = received_at
         if self._resampler is not None:
-            samples = self._resampler.resample_chunk(samples, last=last)
+            samples = self._resample(samples, last)
         if not self.windows_emitted and self._head_samples < self.recipe.window_samples:
             kept = samples[: self.recipe.window_samples - self._head_samples].copy()
             self._head.append(kept)
@@ -163,6 +163,22 @@ class StreamState:
             dropped = min(self._skip, samples.shape[0])
             samples, self._skip = samples[dropped:], self._skip - dropped
         return self._features.take_frames(samples)
+
+    def _resample(self, samples: np.ndarray, last: bool) -> np.ndarray:
+        """The chunk at the model's rate, fed to soxr in blocks of at most ``RESAMPLE_BLOCK``.
+
+        soxr sizes its buffers to the largest block it was ever given and keeps them for the
+        stream's life: 1-s chunks held ~410 KB per stream, 2048-sample blocks ~160 KB, with
+        bit-identical output (``docs/PERFORMANCE.md``, memory at scale).
+        """
+        resampler = self._resampler
+        assert resampler is not None
+        n = samples.shape[0]
+        if n <= RESAMPLE_BLOCK:
+            return resampler.resample_chunk(samples, last=last)
+        starts = range(0, n, RESAMPLE_BLOCK)
+        return np.concatenate([resampler.resample_chunk(samples[i : i + RESAMPLE_BLOCK],
+                                                        last=last and i + RESAMPLE_BLOCK >= n) for i in starts])
 
     def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int,
                    title: str | None = None) -> list[Window]:
