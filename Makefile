@@ -89,7 +89,7 @@ student-mini: $(VENV)/.test-installed
 # The learning curve of the student's recipe: mini_test accuracy vs hours of corpus audio, each
 # point a run of the same wall-clock budget (CURVE_MINUTES; the views are shared with `make student`),
 # written to model/report/learning_curve_offline.json.
-CURVE_MINUTES ?= 8
+CURVE_MINUTES ?= 7
 student-curve: $(VENV)/.test-installed
 	for h in 0.25 1 7; do \
 		OPENBLAS_NUM_THREADS=1 $(PY) -m training.distill_offline --corpus $(DISTILL_CORPUS) --out build/distill-offline/curve_$$h --hours $$h --minutes $(CURVE_MINUTES) || exit 1; \
