@@ -31,7 +31,7 @@ MODEL_PROFILES: dict[str, str] = {
     "student": "student/genre_cnn.onnx",
 }
 #: The rule (issue 16): the cheapest model within 2 clip-points of the best on gtzan-mini test. The
-#: student ties the tagger (94.0%) at about 1/100 of its CPU per window.
+#: student ties the tagger (94.0%) at about 1/120 of its CPU per window.
 DEFAULT_MODEL = "student"
 SHIPPED_CONTENT_MODEL = SHIPPED_MODEL.parent / "content.json"
 

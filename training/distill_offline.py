@@ -362,13 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     teacher = GenreModel(args.teacher)
     sampler = ViewSampler(items, recipe, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    onnx_path = args.out / "genre_cnn.onnx"
     kd_temperature = args.kd_temperature or teacher.spec.temperature
     summary = train(sampler, recipe, args.out, args.minutes, seed=args.seed, widths=tuple(args.widths),
                     kd_temperature=kd_temperature, version="distilled-offline",
                     teacher=f"{teacher.version} ({args.teacher.name}), raw probabilities on clean audio",
                     trained_on=corpus.summary(), **inherited_calibration(teacher))
-    result = evaluate_onnx(onnx_path, load_split(args.gtzan_mini, "mini")["test"], cache_dir=None)
+    result = evaluate_onnx(args.out / "genre_cnn.onnx", load_split(args.gtzan_mini, "mini")["test"], cache_dir=None)
     report = {
         "corpus": {**corpus.summary(), "undecodable": failed},
         "views": asdict(config),

@@ -71,23 +71,22 @@ def memory_worker(model_path: str, streams: int, active: int, chunk_s: float, ou
                         windows += 1
         return windows
 
-    # As the daemon's worker does on its housekeeping tick (streamgenre/stream/heap.py): freed
-    # temporaries are not the streams' memory.
-    gc.collect()
-    release_free_heap()
-    rss0 = rss_bytes(os.getpid())
+    def settled_rss() -> int:
+        # As the daemon's worker does on its housekeeping tick (streamgenre/stream/heap.py): freed
+        # temporaries are not the streams' memory.
+        gc.collect()
+        release_free_heap()
+        return rss_bytes(os.getpid())
+
+    rss0 = settled_rss()
     # A window and a hop: whatever a stream's phase on the window grid (up to a hop of its first
     # audio makes no window), every stream completes at least one window.
     held_chunks = math.ceil((spec.window_s + spec.hop_s) / chunk_s) + 1
     started, cpu0 = time.perf_counter(), time.process_time()
     windows = feed(range(streams), range(held_chunks))
-    gc.collect()
-    release_free_heap()
-    rss_held = rss_bytes(os.getpid())
+    rss_held = settled_rss()
     windows += feed(range(min(active, streams)), range(held_chunks, held_chunks + round(ACTIVE_S / chunk_s)))
-    gc.collect()
-    release_free_heap()
-    rss_active = rss_bytes(os.getpid())
+    rss_active = settled_rss()
     state = [s.state_bytes() for s in framer.streams.values()]
     out.put({
         "streams": streams, "active": active, "streams_held": len(framer.streams),

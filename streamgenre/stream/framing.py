@@ -90,7 +90,22 @@ class PushResult:
     bad_input: BadInput | None = None  # a long container that failed while its blocks were decoded
 
 
-RESAMPLE_BLOCK = 2048  # input samples per soxr call; see StreamState._resample
+RESAMPLE_BLOCK = 2048  # input samples per soxr call; see resample_in_blocks
+
+
+def resample_in_blocks(resampler: soxr.ResampleStream, samples: np.ndarray, last: bool) -> np.ndarray:
+    """``samples`` through a streaming resampler, in blocks of at most ``RESAMPLE_BLOCK``.
+
+    soxr sizes its buffers to the largest block it was ever given and keeps them for the
+    stream's life: 1-s chunks held ~410 KB per stream, 2048-sample blocks ~160 KB, with
+    bit-identical output (``docs/PERFORMANCE.md``, memory at scale).
+    """
+    n = samples.shape[0]
+    if n <= RESAMPLE_BLOCK:
+        return resampler.resample_chunk(samples, last=last)
+    blocks = range(0, n, RESAMPLE_BLOCK)
+    return np.concatenate([resampler.resample_chunk(samples[i : i + RESAMPLE_BLOCK],
+                                                    last=last and i + RESAMPLE_BLOCK >= n) for i in blocks])
 
 
 class StreamState:
@@ -154,7 +169,7 @@ class StreamState:
         self.input_samples += samples.shape[0]
         self.last_activity = received_at
         if self._resampler is not None:
-            samples = self._resample(samples, last)
+            samples = resample_in_blocks(self._resampler, samples, last)
         if not self.windows_emitted and self._head_samples < self.recipe.window_samples:
             kept = samples[: self.recipe.window_samples - self._head_samples].copy()
             self._head.append(kept)
@@ -163,22 +178,6 @@ class StreamState:
             dropped = min(self._skip, samples.shape[0])
             samples, self._skip = samples[dropped:], self._skip - dropped
         return self._features.take_frames(samples)
-
-    def _resample(self, samples: np.ndarray, last: bool) -> np.ndarray:
-        """The chunk at the model's rate, fed to soxr in blocks of at most ``RESAMPLE_BLOCK``.
-
-        soxr sizes its buffers to the largest block it was ever given and keeps them for the
-        stream's life: 1-s chunks held ~410 KB per stream, 2048-sample blocks ~160 KB, with
-        bit-identical output (``docs/PERFORMANCE.md``, memory at scale).
-        """
-        resampler = self._resampler
-        assert resampler is not None
-        n = samples.shape[0]
-        if n <= RESAMPLE_BLOCK:
-            return resampler.resample_chunk(samples, last=last)
-        starts = range(0, n, RESAMPLE_BLOCK)
-        return np.concatenate([resampler.resample_chunk(samples[i : i + RESAMPLE_BLOCK],
-                                                        last=last and i + RESAMPLE_BLOCK >= n) for i in starts])
 
     def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int,
                    title: str | None = None) -> list[Window]:
