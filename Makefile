@@ -133,7 +133,7 @@ deploy-check: $(VENV)/.test-installed
 	bash deploy/check.sh
 
 schemas: $(VENV)/.demo-installed
-	$(PY) -m streamgenre.stream.wire
+	$(PY) -m streamgenre.stream.messages
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from streamgenre.apps.ingest import encode_pcm
-from streamgenre.stream.framing import grid_phase
+from streamgenre.stream.streamstate import grid_phase
 from streamgenre.stream.wire import chunk_headers
 
 CONTAINER_FORMATS = {"wav": ("audio/wav", "WAV", "PCM_16"), "flac": ("audio/flac", "FLAC", "PCM_16"),

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.config import Settings
 from streamgenre.stream.daemon import Daemon
-from streamgenre.stream.pipeline import NeighbourIndex
+from streamgenre.stream.neighbours import NeighbourIndex
 from tests.faults_harness import RESULTS_ENV as RELIABILITY_RESULTS_ENV
 from tests.modelgen import make_test_model
 

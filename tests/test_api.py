@@ -29,7 +29,7 @@ from streamgenre.apps.devbroker import DevBroker, ensure_topics, free_port
 from streamgenre.apps.serve import build_server
 from streamgenre.config import Settings
 from streamgenre.model.contract import load_spec
-from streamgenre.stream.framing import expected_windows
+from streamgenre.stream.streamstate import expected_windows
 from streamgenre.stream.tracks import TRACK_STREAM_ID, aligned_anchor_ms
 from tests.audio import tone_mix
 from tests.conftest import isolated_settings, running_daemon

@@ -14,8 +14,8 @@ import soundfile as sf
 from streamgenre.apps.cli import main
 from streamgenre.model.contract import GenreModel, load_spec
 from streamgenre.model.features import clip_windows
-from streamgenre.stream.framing import expected_windows, grid_phase
 from streamgenre.stream.metrics import Metrics
+from streamgenre.stream.streamstate import expected_windows, grid_phase
 from streamgenre.stream.tracks import TRACK_STREAM_ID, TrackClassifier, aligned_anchor_ms, summarise
 from tests.audio import tone_mix
 from tests.modelgen import TEST_RECIPE

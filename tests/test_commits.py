@@ -20,11 +20,11 @@ import pytest
 from streamgenre.config import Settings
 from streamgenre.model.contract import GenreModel
 from streamgenre.stream.daemon import Daemon, _Item
-from streamgenre.stream.framing import grid_phase
 from streamgenre.stream.metrics import Metrics
 from streamgenre.stream.pipeline import Pipeline
 from streamgenre.stream.sinks import KafkaSink, OutMessage, SinkError
 from streamgenre.stream.source import Record
+from streamgenre.stream.streamstate import grid_phase
 from tests.audio import chunked_stream, tone_mix
 from tests.modelgen import TEST_RECIPE
 

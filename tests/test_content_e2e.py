@@ -19,7 +19,8 @@ from kafka import KafkaProducer
 from streamgenre.apps.report import build_report
 from streamgenre.config import SHIPPED_CONTENT_MODEL, SHIPPED_MODEL
 from streamgenre.model.features import resample, to_mono
-from streamgenre.stream.wire import SegmentMessage, StreamAlert, chunk_headers
+from streamgenre.stream.messages import SegmentMessage, StreamAlert
+from streamgenre.stream.wire import chunk_headers
 from tests.conftest import REDIS_URL, SHARED, isolated_settings, read_topic, running_daemon
 
 pytestmark = pytest.mark.integration

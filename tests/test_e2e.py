@@ -17,8 +17,9 @@ from kafka import KafkaProducer
 from streamgenre.apps.tail import follow
 from streamgenre.config import Settings
 from streamgenre.model.contract import load_spec
-from streamgenre.stream.framing import grid_phase
-from streamgenre.stream.wire import SCHEMA_DIR, chunk_headers
+from streamgenre.stream.messages import SCHEMA_DIR
+from streamgenre.stream.streamstate import grid_phase
+from streamgenre.stream.wire import chunk_headers
 from tests.audio import chunked_stream, expected_window_seqs, tone_mix
 from tests.conftest import REDIS_URL, SHARED, predictions, read_topic, running_daemon
 

@@ -14,7 +14,8 @@ from streamgenre.model.features import (
     reference_window,
     window_input,
 )
-from streamgenre.stream.framing import Arrival, Framer, grid_phase
+from streamgenre.stream.framing import Arrival, Framer
+from streamgenre.stream.streamstate import grid_phase
 from streamgenre.stream.wire import Chunk, ChunkHeaders
 
 RECIPES = {

@@ -10,20 +10,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from streamgenre.stream.messages import SCHEMA_DIR, GenreEvent, Prediction, encode_json, write_schemas
 from streamgenre.stream.wire import (
     MAX_TITLE_CHARS,
-    SCHEMA_DIR,
     STREAM_ID_MAX_LENGTH,
     BadInput,
-    GenreEvent,
-    Prediction,
     Reason,
     chunk_headers,
     decode_chunk,
-    encode_json,
     parse_key,
     validate_stream_id,
-    write_schemas,
 )
 from tests.audio import encode_chunk, tone_mix
 from tests.faults_hostile import flac_claiming
@@ -141,7 +137,7 @@ def test_committed_schemas_match_the_models(tmp_path) -> None:
     for name in ("prediction", "event"):
         assert json.loads((tmp_path / f"{name}.schema.json").read_text()) == json.loads(
             (SCHEMA_DIR / f"{name}.schema.json").read_text()
-        ), "run `python -m streamgenre.stream.wire` and commit the schemas"
+        ), "run `python -m streamgenre.stream.messages` and commit the schemas"
 
 
 def test_event_uses_from_and_to_on_the_wire() -> None:

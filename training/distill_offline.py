@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=60.0, help="training time budget (wall clock)")
     parser.add_argument("--views", type=int, default=ViewConfig.views, help="versions of each file (1 clean)")
     parser.add_argument("--max-seconds", type=float, default=ViewConfig.max_seconds, help="per file")
+    for damage in ("band", "mp3", "noise"):
+        parser.add_argument(f"--p-{damage}", type=float, default=getattr(ViewConfig, f"p_{damage}"),
+                            help=f"share of the damaged views with a {damage} step")
     parser.add_argument("--widths", type=int, nargs="+", default=[24, 48, 96, 192],
                         help="conv channels (the paper CNN's are 16 32 64 128; these cost ~2x its CPU per window)")
     parser.add_argument("--kd-temperature", type=float, default=None,
@@ -341,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     recipe = student_recipe(args.gtzan_mini)
-    config = ViewConfig(views=args.views, max_seconds=args.max_seconds, seed=args.seed)
+    config = ViewConfig(views=args.views, max_seconds=args.max_seconds, p_band=args.p_band, p_mp3=args.p_mp3,
+                        p_noise=args.p_noise, seed=args.seed)
     corpus = scan_corpus(args.corpus)  # warns about each file that does not decode
     if args.hours is not None:
         corpus = corpus.subset_hours(args.hours, args.seed)

@@ -18,7 +18,7 @@ from streamgenre.apps.ingest import AudioBlock, ChunkPublisher
 from streamgenre.apps.uploads import DecodedAudio
 from streamgenre.config import Settings
 from streamgenre.model.features import FeatureRecipe
-from streamgenre.stream.framing import expected_windows
+from streamgenre.stream.streamstate import expected_windows
 from streamgenre.stream.tracks import aligned_anchor_ms, summarise
 from streamgenre.stream.wire import BadInput, chunk_headers
 

@@ -8,7 +8,7 @@ comes first.
 
 from __future__ import annotations
 
-from streamgenre.stream.framing import Window
+from streamgenre.stream.streamstate import Window
 
 
 class MicroBatcher:

@@ -27,9 +27,9 @@ from streamgenre.model.content import (
     undo_level_gain,
 )
 from streamgenre.model.features import FeatureRecipe
+from streamgenre.stream.messages import StreamAlert, encode_json
 from streamgenre.stream.metrics import Metrics
 from streamgenre.stream.segments import DeadAir, Segment, Segmenter, WindowState
-from streamgenre.stream.wire import StreamAlert, encode_json
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from streamgenre.model.contract import GenreModel
 from streamgenre.model.similarity import Catalog
 from streamgenre.stream.heap import release_free_heap
 from streamgenre.stream.metrics import GcPauses, Health, Metrics, serve_http
-from streamgenre.stream.pipeline import NeighbourIndex, Pipeline
+from streamgenre.stream.neighbours import NeighbourIndex
+from streamgenre.stream.pipeline import Pipeline
 from streamgenre.stream.sinks import KafkaSink, RedisSink, SinkError
 from streamgenre.stream.source import ChunkSource, Record
 

@@ -10,8 +10,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -21,13 +20,16 @@ from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import log_mel, window_input
 from streamgenre.stream.batching import MicroBatcher
 from streamgenre.stream.content import ContentStage
-from streamgenre.stream.framing import Arrival, Framer, Window
+from streamgenre.stream.framing import Arrival, Framer
+from streamgenre.stream.messages import SCHEMA_VERSION, GenreEvent, encode_json, rounded_probs
 from streamgenre.stream.metrics import Metrics
+from streamgenre.stream.neighbours import LiveNeighbours, NeighbourIndex
 from streamgenre.stream.segments import WindowState
 from streamgenre.stream.sinks import CacheSink, OutMessage, OutputSink
 from streamgenre.stream.smoothing import GenreSmoother
 from streamgenre.stream.source import Record
-from streamgenre.stream.wire import SCHEMA_VERSION, BadInput, GenreEvent, decode_chunk, encode_json, rounded_probs
+from streamgenre.stream.streamstate import Window
+from streamgenre.stream.wire import BadInput, decode_chunk
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +66,6 @@ class DeadLetterLog:
         return True
 
 
-class NeighbourIndex(Protocol):
-    """What live neighbours need from a catalogue (see :mod:`streamgenre.model.similarity`)."""
-
-    def neighbours(self, embeddings: np.ndarray, k: int) -> list[dict]: ...
-
-    def check_model(self, model: GenreModel) -> None: ...
-
-
-@dataclass
-class _LiveNeighbours:
-    """A stream's recent window embeddings and the neighbours last found for them."""
-
-    recent: collections.deque[np.ndarray]
-    neighbours: list[dict] = field(default_factory=list)
-    windows_since_query: int = 0
-
-
 class Pipeline:
     """Everything between a consumed record and the published outputs, for one worker.
 
@@ -108,7 +93,6 @@ class Pipeline:
         self.kafka = kafka
         self.redis = redis
         self.metrics = metrics
-        self.catalog = catalog
         recipe = model.recipe
         hop_frames = recipe.seconds_to_frames(settings.hop_s) if settings.hop_s else model.spec.hop_frames
         self.hop_s = recipe.frames_to_seconds(hop_frames)
@@ -117,7 +101,8 @@ class Pipeline:
         self.smoothers: dict[str, GenreSmoother] = {}
         self.content = ContentStage(settings, recipe, metrics)
         self._closed_segments: list[tuple[str, bytes]] = []
-        self.live_neighbours: dict[str, _LiveNeighbours] = {}
+        self.neighbours = None if catalog is None else LiveNeighbours(
+            catalog, settings.neighbours_k, round(settings.neighbours_window_s / self.hop_s))
         self.last_offset: dict[int, int] = {}
         self.dead_letter_log = DeadLetterLog()
         # (output messages sent at the checkpoint, offsets it allows), oldest first.
@@ -229,7 +214,8 @@ class Pipeline:
         for window, window_probs, embedding, content in zip(windows, probs, embeddings, contents, strict=True):
             prediction, value = self._publish(window, window_probs, content)
             timeline.append((window.stream_id, value))
-            latest[window.stream_id] = self._with_neighbours(window.stream_id, prediction, value, embedding)
+            latest[window.stream_id] = (value if self.neighbours is None
+                                        else self.neighbours.attach(window.stream_id, prediction, embedding))
         segments, self._closed_segments = self._closed_segments, []
         if self.redis is not None and not self.redis.write(timeline, latest, segments):
             self.metrics.redis_errors.inc()
@@ -246,7 +232,7 @@ class Pipeline:
 
         Returns the prediction and its JSON bytes, which Redis stores as they were sent.
 
-        The prediction is built as a plain dict in :class:`~streamgenre.stream.wire.Prediction`'s field
+        The prediction is built as a plain dict in :class:`~streamgenre.stream.messages.Prediction`'s field
         order rather than through pydantic: at hundreds of windows per second the model
         construction and dump were a measurable share of the worker. The schema stays the
         contract; ``tests/test_e2e.py`` validates every published message against it.
@@ -301,22 +287,6 @@ class Pipeline:
             self._closed_segments.append((window.stream_id, value))
         for value in alerts:
             self.kafka.send(OutMessage(self.settings.alerts_topic, key, value))
-
-    def _with_neighbours(self, stream_id: str, prediction: dict[str, Any], value: bytes,
-                         embedding: np.ndarray) -> bytes:
-        if self.catalog is None:
-            return value
-        live = self.live_neighbours.get(stream_id)
-        if live is None:
-            keep = max(1, round(self.settings.neighbours_window_s / self.hop_s))
-            live = self.live_neighbours[stream_id] = _LiveNeighbours(collections.deque(maxlen=keep))
-        live.recent.append(embedding)
-        # A catalogue query costs up to ~10 ms at 100k tracks; the recent-audio mean barely moves
-        # from one window to the next, so refresh it three times per neighbours window.
-        if live.windows_since_query == 0:
-            live.neighbours = self.catalog.neighbours(np.stack(live.recent), self.settings.neighbours_k)
-        live.windows_since_query = (live.windows_since_query + 1) % max(1, live.recent.maxlen // 3)
-        return encode_json({**prediction, "neighbours": live.neighbours})
 
     # -- commits and state -------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -392,9 +362,10 @@ class Pipeline:
 
     def _forget_closed_streams(self) -> None:
         open_streams = self.framer.streams
-        for registry in (self.smoothers, self.live_neighbours):
-            for stream_id in [s for s in registry if s not in open_streams]:
-                del registry[stream_id]
+        for stream_id in [s for s in self.smoothers if s not in open_streams]:
+            del self.smoothers[stream_id]
+        if self.neighbours is not None:
+            self.neighbours.forget(open_streams)
         # An ended (eos) or forgotten stream's open segment is final: publish it now.
         ended = [s for s in self.content.segmenters if s not in open_streams]
         ended += [s for s in self.content.down if s not in open_streams and s not in ended]

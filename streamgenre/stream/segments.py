@@ -81,7 +81,7 @@ class Segment:
         self.windows += 1
 
     def to_dict(self) -> dict[str, object]:
-        """The ``genre.segments`` message (see :class:`streamgenre.stream.wire.SegmentMessage`)."""
+        """The ``genre.segments`` message (see :class:`streamgenre.stream.messages.SegmentMessage`)."""
         genre = self.genre
         music_windows = self.genre_votes.total()
         return {

@@ -22,9 +22,11 @@ import numpy as np
 from streamgenre.model.content import ContentState
 from streamgenre.model.contract import GenreModel
 from streamgenre.stream.batching import MicroBatcher
-from streamgenre.stream.framing import Framer, Window, grid_phase
+from streamgenre.stream.framing import Framer
+from streamgenre.stream.messages import rounded_probs
 from streamgenre.stream.metrics import Metrics
-from streamgenre.stream.wire import Chunk, ChunkHeaders, rounded_probs
+from streamgenre.stream.streamstate import Window, grid_phase
+from streamgenre.stream.wire import Chunk, ChunkHeaders
 
 TRACK_STREAM_ID = "track"
 

@@ -1,4 +1,4 @@
-"""Message formats: the input chunk (Kafka headers + audio bytes) and the JSON outputs.
+"""The input wire format: one Kafka message (key, headers, audio bytes) → a validated chunk.
 
 Input (topic ``audio.chunks``): key = stream id (UTF-8), value = audio bytes, headers
 ``content-type``, ``sample-rate`` + ``channels`` (PCM only), ``seq``, ``ts``, optional ``eos`` and
@@ -6,35 +6,27 @@ Input (topic ``audio.chunks``): key = stream id (UTF-8), value = audio bytes, he
 Everything that can be wrong with a message is detected here and raised as :class:`BadInput`
 with a machine-readable ``reason``; the daemon routes those to the dead-letter topic.
 
-Outputs (``genre.predictions``, ``genre.events``, ``genre.segments``, ``genre.alerts``) are
-pydantic models; their JSON Schemas are generated from these classes into
-``streamgenre/stream/schemas/`` (``python -m streamgenre.stream.wire``), and a test checks that
-the committed schemas match and that emitted messages validate.
+What the daemon publishes in return is in :mod:`streamgenre.stream.messages`.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-import json
 import re
 from collections.abc import Iterator
 from enum import StrEnum
-from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 96000
 MAX_CHANNELS = 32
 MAX_TITLE_CHARS = 512
 PCM_TYPES = {"audio/pcm;format=s16le": np.dtype("<i2"), "audio/pcm;format=f32le": np.dtype("<f4")}
 CONTAINER_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg"}
-SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 # Stream ids become Kafka keys, Redis key parts ({prefix}:{stream_id}:latest), metric-free log
 # fields and file names in reports, so they are kept short and free of whitespace, control
 # characters and shell/glob specials. Producers (ingest) and the daemon share this one check.
@@ -319,102 +311,3 @@ def chunk_headers(content_type: str, seq: int, ts_ms: int, sample_rate: int | No
     if title:
         headers.append(("title", title[:MAX_TITLE_CHARS]))
     return [(name, value.encode()) for name, value in headers]
-
-
-ContentStateName = Literal["music", "speech", "mixed", "silence"]
-
-
-class Prediction(BaseModel):
-    """One window's classification (topic ``genre.predictions``, Redis latest/timeline)."""
-
-    schema_version: Literal[1] = SCHEMA_VERSION
-    stream_id: str
-    window_seq: int = Field(description="start of the window // hop; the same on replay")
-    t_start: float = Field(description="window start, seconds of stream time (the producer's ts clock)")
-    t_end: float = Field(description="window end, seconds of stream time")
-    ts: int = Field(description="epoch ms of the window end (producer clock)")
-    genre: str | None = Field(description="top genre of this window; null unless state is music")
-    confidence: float = Field(ge=0, le=1, description="calibrated probability of the top genre: the model "
-                              "sidecar's temperature is applied, so among held-out windows at confidence c "
-                              "about a share c was right")
-    uncertain: bool = Field(False, description="confidence below the daemon's STREAMGENRE_UNCERTAIN_BELOW "
-                            "(default 0.5: more likely wrong than right); absent in messages of older daemons")
-    probs: dict[str, float] = Field(description="the genre model's calibrated output, whatever the state")
-    smoothed_genre: str | None = Field(description="genre after smoothing; null unless state is music")
-    smoothed_probs: dict[str, float] = Field(description="smoothed genre probabilities of the music windows so far")
-    model_version: str
-    latency_ms: float = Field(description="window complete (last audio received) to publish, ms")
-    title: str | None = Field(None, description="now-playing title (chunk header `title`) when the window completed")
-    neighbours: list[dict] | None = Field(None, description="top-k catalogue tracks (Redis only, optional)")
-    state: ContentStateName = Field(description="content of the window: music, speech, mixed or silence")
-    state_probs: dict[str, float] = Field(description="probability of each state (they sum to 1)")
-    level_dbfs: float = Field(description="RMS level of the window, dBFS (full-scale sine = -3, floor -120)")
-
-
-class SegmentMessage(BaseModel):
-    """A closed run of windows with one state, genre and title (topic ``genre.segments``,
-    Redis ``{prefix}:{stream}:segments``)."""
-
-    schema_version: Literal[1] = SCHEMA_VERSION
-    stream_id: str
-    start: float = Field(description="stream time (s, producer clock) of the first window's start")
-    end: float = Field(description="stream time (s) of the last window's end")
-    duration_s: float
-    state: ContentStateName
-    genre: str | None = Field(description="smoothed genre while music, else null")
-    confidence: float = Field(ge=0, le=1, description="mean probability of the segment's state over its windows")
-    genre_confidence: float | None = Field(None, description="mean smoothed probability of its genre (music only)")
-    title: str | None = Field(None, description="now-playing title (chunk header `title`)")
-    windows: int = Field(ge=1)
-
-
-class StreamAlert(BaseModel):
-    """Dead air or a stream down/up (topic ``genre.alerts``)."""
-
-    schema_version: Literal[1] = SCHEMA_VERSION
-    stream_id: str
-    kind: Literal["dead_air_start", "dead_air_end", "stream_down", "stream_up"]
-    at_t: float = Field(description="stream time (s): where the silence began / the last or first audio")
-    silent_s: float = Field(description="seconds of silence (dead air) or without audio (stream down) so far")
-    ts: int = Field(description="epoch ms (producer clock) when the alert was raised")
-    title: str | None = None
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
-
-class GenreEvent(BaseModel):
-    """A change of the smoothed genre of a stream (topic ``genre.events``)."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    schema_version: Literal[1] = SCHEMA_VERSION
-    stream_id: str
-    from_genre: str | None = Field(alias="from", description="previous genre; null for the first")
-    to_genre: str = Field(alias="to")
-    at_t: float = Field(description="stream time (s) of the window where the new genre took over")
-    ts: int = Field(description="epoch ms (producer clock) of that window's end")
-    confidence: float
-
-    def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
-
-
-def encode_json(payload: dict[str, Any]) -> bytes:
-    """Compact JSON, as pydantic's ``model_dump_json`` writes it (the hot path skips pydantic)."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def rounded_probs(labels: list[str], probs: np.ndarray) -> dict[str, float]:
-    return {label: round(float(p), 5) for label, p in zip(labels, probs, strict=True)}
-
-
-def write_schemas(directory: Path = SCHEMA_DIR) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, model in (("prediction", Prediction), ("event", GenreEvent), ("segment", SegmentMessage),
-                        ("alert", StreamAlert)):
-        schema = model.model_json_schema(by_alias=True)
-        (directory / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
-
-
-if __name__ == "__main__":
-    write_schemas()
