@@ -101,6 +101,10 @@ def test_bench_e2e_tiny_on_real_broker(test_model: Path) -> None:
     assert max(b["max"] for b in by_second) == r["window_to_publish_ms"]["max"]
     assert r["chunk_ts_to_publish_ms"]["p50"] is not None
     assert r["rss_peak_mb"] > 0
+    # The daemon's CPU split by thread, from its own /metrics (the poll loop is MainThread).
+    by_thread = r["daemon_thread_cpu_s_per_s"]
+    assert {"worker", "kafka-consumer-io", "kafka-producer", "MainThread"} <= set(by_thread)
+    assert all(cpu >= 0 for cpu in by_thread.values())
     json.dumps(r)  # serialisable
 
 

@@ -149,6 +149,22 @@ def expected_windows(cfg: E2EConfig, hop_s: float, spec: Any) -> int:
     return cfg.streams * per_stream
 
 
+def thread_cpu(base_port: int, workers: int) -> dict[str, float]:
+    """CPU-seconds so far of the daemons' threads, by thread role, summed over the workers
+    (``streamgenre_thread_cpu_seconds_total`` of each worker's /metrics; {} if none answers)."""
+    import urllib.request
+
+    totals: dict[str, float] = {}
+    for w in range(workers):
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{base_port + w}/metrics", timeout=2).read().decode()
+        except OSError:
+            continue
+        for match in re.finditer(r'^streamgenre_thread_cpu_seconds_total\{thread="([^"]*)"\} (\S+)$', text, re.M):
+            totals[match[1]] = totals.get(match[1], 0.0) + float(match[2])
+    return totals
+
+
 def wait_group_ready(
     daemons: list[subprocess.Popen],
     tmp: Path,

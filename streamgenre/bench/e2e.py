@@ -20,6 +20,7 @@ from streamgenre.bench.daemons import (
     redis_answers,
     run_settings,
     running_daemons,
+    thread_cpu,
     wait_group_ready,
 )
 from streamgenre.bench.layout import affinity
@@ -77,6 +78,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
             rss_peak = 0
             measure_from, measure_to = start_at + cfg.warmup_s, start_at + duration
             cpu_mark: dict[str, float] = {}
+            threads: dict[str, dict[str, float]] = {}  # mark -> the daemons' CPU-s so far by thread
             placed: dict[str, Any] = {}
 
             def box_cpu() -> tuple[float, float, float]:
@@ -103,6 +105,7 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
                     if mark not in cpu_mark and now >= at:
                         cpu_mark[mark], cpu_mark[f"broker_{mark}"], cpu_mark[f"producer_{mark}"] = box_cpu()
                         cpu_mark[f"harness_{mark}"] = time.process_time()  # this process: the output consumer
+                        threads[mark] = thread_cpu(base_port, len(daemons))
                         if mark == "start":
                             # Read back, not assumed: the result file says where each part really ran.
                             placed = {"daemons": [affinity(d.pid) for d in daemons], "bench": affinity(0),
@@ -139,6 +142,11 @@ def measure_e2e(model_path: Path, cfg: E2EConfig, verbose: bool = True) -> dict[
         redis_ok,
     )
     summary["cpu_s_per_s_by_second"] = cpu_by_second(cpu_samples, measure_from)
+    # Where the daemons' CPU went, by thread (worker, kafka-python's network threads, poll loop).
+    start, end = threads.get("start", {}), threads.get("end", {})
+    summary["daemon_thread_cpu_s_per_s"] = {
+        role: round((end[role] - start.get(role, 0.0)) / cfg.seconds, 3) for role in sorted(end)
+    }
     summary["affinity"] = placed
     return summary
 

@@ -80,6 +80,10 @@ def table(results: dict[str, Any]) -> str:
                 f"(drift {r['ceiling_drift']} per CPU-s); per CPU-s over the mean ceiling: end to end "
                 f"{r.get('e2e_over_ceiling_per_cpu_s', '-')}, backlog {r.get('backlog_over_ceiling_per_cpu_s', '-')}"
             )
+        by_thread = r.get("e2e", {}).get("daemon_thread_cpu_s_per_s")
+        if by_thread:
+            split = ", ".join(f"{role} {cpu}" for role, cpu in sorted(by_thread.items(), key=lambda kv: -kv[1]))
+            rows.append(f"[{name}] daemon CPU-s per s by thread: {split}")
     t = results.get("transport")
     if t:
         rows.append(

@@ -5,7 +5,8 @@ step), below glibc's mmap threshold, so they come from the heap, between the lon
 of thousands of streams. Freed, they stay in the process as holes that glibc does not return by
 itself: with 3,000 streams held the RSS was 403 KB per stream of which 72 KB were the streams'
 buffers, and 140 KB after ``malloc_trim`` (``docs/PERFORMANCE.md``, memory at scale). The worker
-calls :func:`release_free_heap` on its housekeeping tick (every 2 s), which costs milliseconds.
+calls :func:`release_free_heap` every ``HEAP_RELEASE_INTERVAL_S`` (10 s; see
+:mod:`streamgenre.stream.daemon` for why not more often).
 Lowering the mmap threshold instead (``MALLOC_MMAP_THRESHOLD_=65536``) gives the same RSS but
 pays an mmap, page faults and an munmap for every such temporary.
 """

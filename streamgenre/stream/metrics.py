@@ -11,14 +11,18 @@ from __future__ import annotations
 import collections
 import gc
 import json
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -100,9 +104,52 @@ class Metrics:
         self.gc_pause = Histogram(
             "streamgenre_gc_pause_seconds", "Garbage-collector pauses of this process, by generation.",
             ["generation"], buckets=GC_BUCKETS, registry=r)
+        r.register(ThreadCpu())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def thread_cpu_seconds(native_id: int) -> float | None:
+    """User + system CPU-seconds of one thread of this process (Linux ``/proc``; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: Thread names that carry a client or group id, by the role they play (stable label values).
+_THREAD_ROLES = ((re.compile(r"^kafka-io-"), "kafka-consumer-io"), (re.compile(r"-network-thread$"), "kafka-producer"))
+
+
+def thread_role(name: str) -> str:
+    """The label of a thread: kafka-python's names lose their client id, the others stay."""
+    return next((role for pattern, role in _THREAD_ROLES if pattern.search(name)), name)
+
+
+class ThreadCpu:
+    """``streamgenre_thread_cpu_seconds_total{thread}``: which thread a busy daemon spends its CPU on.
+
+    The process CPU says how busy a worker is, not why: on a saturated core the worker thread
+    (decode, features, inference, outputs) competes with kafka-python's network threads and the
+    poll loop (``MainThread`` in ``streamgenre run``), and the split decides what to optimise
+    (``docs/PERFORMANCE.md``). Read from ``/proc`` at scrape time; empty where there is none.
+    """
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily("streamgenre_thread_cpu_seconds",
+                                     "CPU-seconds (user + system) of this process's threads, by thread.",
+                                     labels=["thread"])
+        by_role: dict[str, float] = collections.defaultdict(float)
+        for thread in threading.enumerate():
+            seconds = thread_cpu_seconds(thread.native_id) if thread.native_id is not None else None
+            if seconds is not None:
+                by_role[thread_role(thread.name)] += seconds
+        for role, seconds in sorted(by_role.items()):
+            family.add_metric([role], seconds)
+        return [family]
 
 
 class GcPauses:
