@@ -51,4 +51,7 @@ def test_kafka_thread_names_lose_their_client_ids() -> None:
     assert thread_role("kafka-io-streamgenre-bench-f6b5b9b2") == "kafka-consumer-io"
     assert thread_role("streamgenre-bench-f6b5b9b2-out-network-thread") == "kafka-producer"
     assert thread_role("worker") == "worker"
+    # Numbered anew per thread (one per metrics request): the number must not become a label.
+    assert thread_role("Thread-43 (process_request_thread)") == "process_request_thread"
+    assert thread_role("Thread-7") == "unnamed"
     assert thread_cpu_seconds(2**31 - 1) is None  # no such thread

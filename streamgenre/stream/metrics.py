@@ -122,11 +122,18 @@ def thread_cpu_seconds(native_id: int) -> float | None:
 
 #: Thread names that carry a client or group id, by the role they play (stable label values).
 _THREAD_ROLES = ((re.compile(r"^kafka-io-"), "kafka-consumer-io"), (re.compile(r"-network-thread$"), "kafka-producer"))
+#: ``Thread-<n> (<target>)``: Python's name for an unnamed thread, numbered anew for each one (the
+#: metrics server starts one per request), so only the target may become a label value.
+_UNNAMED = re.compile(r"^Thread-\d+(?: \((?P<target>.+)\))?$")
 
 
 def thread_role(name: str) -> str:
-    """The label of a thread: kafka-python's names lose their client id, the others stay."""
-    return next((role for pattern, role in _THREAD_ROLES if pattern.search(name)), name)
+    """The label of a thread: kafka-python's lose their client id, unnamed ones their number."""
+    role = next((role for pattern, role in _THREAD_ROLES if pattern.search(name)), None)
+    if role is not None:
+        return role
+    unnamed = _UNNAMED.match(name)
+    return name if unnamed is None else unnamed["target"] or "unnamed"
 
 
 class ThreadCpu:
