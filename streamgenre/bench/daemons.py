@@ -149,19 +149,29 @@ def expected_windows(cfg: E2EConfig, hop_s: float, spec: Any) -> int:
     return cfg.streams * per_stream
 
 
+def worker_metrics(port: int, timeout_s: float) -> str | None:
+    """One daemon worker's /metrics page, or None while it does not answer."""
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s).read().decode()
+    except OSError:
+        return None
+
+
 def thread_cpu(base_port: int, workers: int) -> dict[str, float]:
     """CPU-seconds so far of the daemons' threads, by thread role, summed over the workers
     (``streamgenre_thread_cpu_seconds_total`` of each worker's /metrics; {} if none answers)."""
-    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
 
     totals: dict[str, float] = {}
     for w in range(workers):
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{base_port + w}/metrics", timeout=2).read().decode()
-        except OSError:
-            continue
-        for match in re.finditer(r'^streamgenre_thread_cpu_seconds_total\{thread="([^"]*)"\} (\S+)$', text, re.M):
-            totals[match[1]] = totals.get(match[1], 0.0) + float(match[2])
+        page = worker_metrics(base_port + w, timeout_s=2)
+        for family in text_string_to_metric_families(page or ""):
+            for sample in family.samples:
+                if sample.name == "streamgenre_thread_cpu_seconds_total":
+                    role = sample.labels["thread"]
+                    totals[role] = totals.get(role, 0.0) + sample.value
     return totals
 
 
@@ -179,8 +189,6 @@ def wait_group_ready(
     /readyz was not enough on a cold machine, where a join can take longer than the measured
     span and the run then counted no windows at all.
     """
-    import urllib.request
-
     deadline = time.monotonic() + timeout_s
     settled_since: float | None = None
     while True:
@@ -189,12 +197,8 @@ def wait_group_ready(
                 raise RuntimeError(f"daemon {w} exited: {(tmp / f'daemon-{w}.log').read_text()[-2000:]}")
         owned = []
         for w in range(len(daemons)):
-            try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{base_port + w}/metrics", timeout=1).read()
-            except OSError:
-                owned.append(-1)
-                continue
-            match = re.search(rb"^streamgenre_assigned_partitions ([0-9.e+]+)$", text, re.MULTILINE)
+            page = worker_metrics(base_port + w, timeout_s=1)
+            match = re.search(r"^streamgenre_assigned_partitions ([0-9.e+]+)$", page or "", re.MULTILINE)
             owned.append(int(float(match.group(1))) if match else -1)
         now = time.monotonic()
         # Every worker must hold a share (when there are enough partitions to go round).
