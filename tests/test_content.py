@@ -129,3 +129,29 @@ def content_features_batch(batch: np.ndarray) -> np.ndarray:
     from streamgenre.model.content import group_matrix, mel_power, statistics
 
     return statistics(group_matrix(SHIPPED.recipe) @ mel_power(batch, SHIPPED.recipe), SHIPPED.recipe)
+
+
+def test_the_daemons_band_power_gives_the_states_of_the_model_inputs() -> None:
+    """The daemon classifies the band power its framer kept (``Window.band_power``); training and
+    the offline tools classify model inputs. Same windows, same states: speech-like bursts,
+    silence and a quiet tone, through the shipped front end with its level normalisation."""
+    from streamgenre.stream.framing import Framer
+    from streamgenre.stream.wire import Chunk, ChunkHeaders
+
+    recipe, rate = SHIPPED.recipe, SHIPPED.recipe.sample_rate
+    rng = np.random.default_rng(5)
+    t = np.arange(8 * rate) / rate
+    y = np.concatenate([rng.normal(0, 0.1, 8 * rate) * (np.sin(2 * np.pi * 4 * t) > 0), np.zeros(8 * rate),
+                        0.01 * np.sin(2 * np.pi * 440 * t)]).astype(np.float32)
+    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=0, ts=0)
+    windows = Framer(recipe, recipe.n_frames // 4).push(
+        Chunk.model_construct(stream_id="s", headers=headers, samples=y, sample_rate=rate), 0, 0, 0.0).windows
+    model = ContentModel(SHIPPED_CONTENT_MODEL, silence_dbfs=-55.0)
+    daemon = model.classify_bands(np.stack([w.band_power for w in windows]), recipe)
+    offline = model.classify_batch(np.stack([w.logmel for w in windows]), recipe,
+                                   np.array([w.level_gain_db for w in windows]))
+    assert len(windows) > 5 and len({s.state for s in daemon}) > 1
+    for ours, theirs in zip(daemon, offline, strict=True):
+        assert ours.state == theirs.state
+        assert ours.level_dbfs == pytest.approx(theirs.level_dbfs, abs=0.05)
+        assert ours.probs == pytest.approx(theirs.probs, abs=1e-3)

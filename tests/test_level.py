@@ -107,18 +107,24 @@ def test_streaming_windows_equal_offline_windows(name: str) -> None:
 
 
 def test_content_level_sees_the_streams_real_level() -> None:
-    """Silence and dBFS are measured on the audio as it arrived, not at the reference level."""
-    from streamgenre.model.content import group_matrix
+    """Silence and dBFS are measured on the audio as it arrived, not at the reference level: the
+    band power the framer keeps (the daemon's path) gives the level of the model input with its
+    gain undone (the offline path), and the level of a front end without normalisation."""
+    from streamgenre.model.content import group_matrix, level_of, mel_power, undo_level_gain
     from streamgenre.stream.content import level_only_states
 
     recipe = RECIPES["musicnn"]
-    off = replace(recipe, level_ref_db=None)
-    y = (0.001 * music_like(recipe.window_samples / recipe.sample_rate, recipe.sample_rate)).astype(np.float32)
-    frames = log_mel(y, recipe)
-    gain = level_gain_db(frames, recipe)
-    assert gain > 20.0  # the quiet window is raised for the genre model
-    (normalised,) = level_only_states(window_input(frames, recipe, gain)[None], recipe, group_matrix(recipe), -55.0,
-                                      np.array([gain]))
-    (plain,) = level_only_states(window_input(frames, off)[None], off, group_matrix(off), -55.0)
-    assert normalised.level_dbfs == pytest.approx(plain.level_dbfs, abs=0.05)
-    assert normalised.state == plain.state
+    y = (0.001 * music_like(2 * recipe.window_samples / recipe.sample_rate, recipe.sample_rate)).astype(np.float32)
+    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=recipe.sample_rate, channels=1,
+                           seq=0, ts=0)
+    chunk = Chunk.model_construct(stream_id="s", headers=headers, samples=y, sample_rate=recipe.sample_rate)
+    window = Framer(recipe, recipe.n_frames // 2).push(chunk, 0, 0, 0.0).windows[0]
+    plain = Framer(replace(recipe, level_ref_db=None), recipe.n_frames // 2).push(chunk, 0, 0, 0.0).windows[0]
+    assert window.level_gain_db > 20.0 and plain.level_gain_db == 0.0  # the quiet window is raised
+    (daemon,) = level_only_states(window.band_power[None], -55.0)
+    (unnormalised,) = level_only_states(plain.band_power[None], -55.0)
+    offline = level_of(group_matrix(recipe) @ undo_level_gain(mel_power(window.logmel[None], recipe),
+                                                              np.array([window.level_gain_db])))
+    assert daemon.level_dbfs == pytest.approx(float(offline[0]), abs=0.05)
+    assert daemon.level_dbfs == pytest.approx(unnormalised.level_dbfs, abs=0.05)
+    assert daemon.state == unnormalised.state

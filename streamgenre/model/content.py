@@ -241,8 +241,17 @@ class ContentModel:
         if self._groups is None:
             self.check_recipe(recipe)
         assert self._groups is not None
-        power = undo_level_gain(mel_power(logmels, recipe), level_gains_db)
-        grouped = self._groups @ power  # (N, N_GROUPS, n_frames)
+        return self.classify_bands(self._groups @ undo_level_gain(mel_power(logmels, recipe), level_gains_db), recipe)
+
+    def classify_bands(self, grouped: np.ndarray, recipe: FeatureRecipe) -> list[ContentState]:
+        """N windows' band power ``(N, N_GROUPS, n_frames)`` (:func:`group_matrix` @ the mel power
+        of the audio as it arrived, e.g. ``Window.band_power``) -> N states.
+
+        What :meth:`classify_batch` computes from model inputs; the daemon calls this with the
+        band power its framing kept, which spares undoing the log of every bin of every window.
+        """
+        if self._groups is None:
+            self.check_recipe(recipe)
         levels = level_of(grouped)
         p_silence = 1.0 / (1.0 + np.exp((levels - self.silence_dbfs) / (self.silence_ramp_db / 4.0)))
         sound = np.full((len(levels), len(MODEL_CLASSES)), 1.0 / len(MODEL_CLASSES))
@@ -255,11 +264,12 @@ class ContentModel:
                     z = np.maximum(z, 0.0)
             z = np.exp(z - z.max(axis=1, keepdims=True))
             sound[audible] = z / z.sum(axis=1, keepdims=True)
+        unrounded = sound * (1.0 - p_silence[:, None])
+        # One rounding of the whole batch rather than a round() per value (the daemon does this
+        # for every window); the state is chosen on the unrounded probabilities.
+        probs = np.round(np.concatenate([unrounded, p_silence[:, None]], axis=1), 5)
         states = []
-        for level, silent_p, row in zip(levels.tolist(), p_silence.tolist(), sound * (1.0 - p_silence[:, None]),
-                                        strict=True):
-            probs = dict(zip(MODEL_CLASSES, row.tolist(), strict=True))
-            probs["silence"] = silent_p
-            state = "silence" if level < self.silence_dbfs else max(MODEL_CLASSES, key=probs.__getitem__)
-            states.append(ContentState(state, {k: round(v, 5) for k, v in probs.items()}, round(level, 2)))
+        for level, best, row in zip(levels.tolist(), unrounded.argmax(axis=1).tolist(), probs.tolist(), strict=True):
+            state = "silence" if level < self.silence_dbfs else MODEL_CLASSES[best]
+            states.append(ContentState(state, dict(zip(STATES, row, strict=True)), round(level, 2)))
         return states

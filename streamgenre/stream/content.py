@@ -21,10 +21,7 @@ from streamgenre.model.content import (
     ContentModel,
     ContentModelError,
     ContentState,
-    group_matrix,
     level_of,
-    mel_power,
-    undo_level_gain,
 )
 from streamgenre.model.features import FeatureRecipe
 from streamgenre.stream.messages import StreamAlert, encode_json
@@ -34,14 +31,13 @@ from streamgenre.stream.segments import DeadAir, Segment, Segmenter, WindowState
 log = logging.getLogger(__name__)
 
 
-def level_only_states(logmels: np.ndarray, recipe: FeatureRecipe, groups: np.ndarray,
-                      silence_dbfs: float, level_gains_db: np.ndarray | None = None) -> list[ContentState]:
+def level_only_states(band_power: np.ndarray, silence_dbfs: float) -> list[ContentState]:
     """Without a content model: silence by level, every audible window music (the old assumption).
 
-    ``level_gains_db`` (each window's level normalisation, ``Window.level_gain_db``) is undone first.
+    ``band_power``: ``(N, bands, n_frames)``, as :meth:`ContentStage.classify` takes it.
     """
     states = []
-    for level in level_of(groups @ undo_level_gain(mel_power(logmels, recipe), level_gains_db)).tolist():
+    for level in level_of(band_power).tolist():
         silent = level < silence_dbfs
         probs = {name: 0.0 for name in MODEL_CLASSES} | {"music": 0.0 if silent else 1.0, "silence": float(silent)}
         states.append(ContentState("silence" if silent else "music", probs, round(level, 2)))
@@ -77,17 +73,16 @@ class ContentStage:
                             "a content model fitted on this front end (training/content.py)", exc)
                 self.model = None
         metrics.content_model_loaded.set(0 if self.model is None else 1)
-        self._groups = group_matrix(recipe)
         self.segmenters: dict[str, Segmenter] = {}
         self.down: dict[str, float] = {}  # stream -> stream time of its last audio
         self._not_music_since: dict[str, float] = {}
 
-    def classify(self, logmels: np.ndarray, level_gains_db: np.ndarray | None = None) -> list[ContentState]:
-        """States of a micro-batch of model inputs ``(N, 1, n_mels, n_frames)``; ``level_gains_db``:
-        their level normalisation (``Window.level_gain_db``), undone before measuring levels."""
+    def classify(self, band_power: np.ndarray) -> list[ContentState]:
+        """States of a micro-batch from its windows' band power ``(N, bands, n_frames)``
+        (``Window.band_power``: the audio as it arrived, before the level normalisation)."""
         if self.model is None:
-            return level_only_states(logmels, self.recipe, self._groups, self.settings.silence_dbfs, level_gains_db)
-        return self.model.classify_batch(logmels, self.recipe, level_gains_db)
+            return level_only_states(band_power, self.settings.silence_dbfs)
+        return self.model.classify_bands(band_power, self.recipe)
 
     def new_programme(self, stream_id: str, state: str, t_start: float) -> bool:
         """True when this music window follows at least ``segment_min_s`` of non-music: the

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from streamgenre.model.content import group_matrix
 from streamgenre.model.features import FeatureRecipe, compress, frames_to_mel
 from streamgenre.stream.streamstate import StreamState, Window
 from streamgenre.stream.wire import BadInput, Chunk
@@ -62,6 +63,7 @@ class Framer:
         self.max_gap_ms = 1000.0 * max_gap_s
         self.max_streams = max_streams
         self.streams: dict[str, StreamState] = {}
+        self.band_groups = group_matrix(recipe)
 
     def push(self, chunk: Chunk, partition: int, offset: int, received_at: float) -> PushResult:
         """Feed one decoded chunk; returns completed windows and whether the stream was reset."""
@@ -103,13 +105,13 @@ class Framer:
     def _frame_staged(self, staged: list[tuple[StreamState, PushResult, np.ndarray, Arrival]]) -> None:
         if not staged:
             return
-        log_frames = compress(frames_to_mel([frames for _, _, frames, _ in staged], self.recipe), self.recipe)
+        log_frames, bands = self._spectral_pass([frames for _, _, frames, _ in staged])
         start = 0
         for state, result, frames, arrival in staged:
-            share = log_frames[:, start : start + frames.shape[0]]
-            start += frames.shape[0]
-            result.windows = state.add_frames(share, arrival.received_at, arrival.chunk.headers.ts,
-                                              arrival.chunk.headers.title)
+            end = start + frames.shape[0]
+            result.windows = state.add_frames(log_frames[:, start:end], bands[:, start:end], arrival.received_at,
+                                              arrival.chunk.headers.ts, arrival.chunk.headers.title)
+            start = end
             if arrival.chunk.headers.eos:
                 self._add_short_window(state, result, arrival)
 
@@ -122,8 +124,8 @@ class Framer:
             for following in itertools.chain(chunk.more, [None]):
                 last = following is None and chunk.headers.eos
                 frames = state.take_frames(block, arrival.offset, arrival.received_at, last=last)
-                log_frames = compress(frames_to_mel([frames], self.recipe), self.recipe)
-                result.windows.extend(state.add_frames(log_frames, arrival.received_at, chunk.headers.ts,
+                log_frames, bands = self._spectral_pass([frames])
+                result.windows.extend(state.add_frames(log_frames, bands, arrival.received_at, chunk.headers.ts,
                                                        chunk.headers.title))
                 if following is not None:
                     block = following
@@ -133,6 +135,11 @@ class Framer:
             return
         if chunk.headers.eos:
             self._add_short_window(state, result, arrival)
+
+    def _spectral_pass(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw STFT frames -> compressed mel frames and their band power (before the log)."""
+        mel = frames_to_mel(frames, self.recipe)
+        return compress(mel, self.recipe), self.band_groups @ mel
 
     @staticmethod
     def _add_short_window(state: StreamState, result: PushResult, arrival: Arrival) -> None:
@@ -162,7 +169,7 @@ class Framer:
                 oldest = min(self.streams.values(), key=lambda s: s.last_activity)
                 del self.streams[oldest.stream_id]
             state = StreamState(chunk.stream_id, arrival.partition, self.recipe, self.hop_frames,
-                                chunk.sample_rate, headers.ts, headers.seq)
+                                chunk.sample_rate, headers.ts, headers.seq, self.band_groups)
             self.streams[chunk.stream_id] = state
         state.last_seq = headers.seq
         return state

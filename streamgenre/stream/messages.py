@@ -104,7 +104,10 @@ def encode_json(payload: dict[str, Any]) -> bytes:
 
 
 def rounded_probs(labels: list[str], probs: np.ndarray) -> dict[str, float]:
-    return {label: round(float(p), 5) for label, p in zip(labels, probs, strict=True)}
+    """``{label: p}`` to 5 decimals. One numpy rounding and ``tolist`` rather than ``round`` on
+    each numpy scalar: the daemon builds two of these per window. ``k / 1e5`` is correctly
+    rounded, so the JSON is what Python's ``round`` writes (ties aside)."""
+    return dict(zip(labels, np.round(np.asarray(probs, np.float64), 5).tolist(), strict=True))
 
 
 def write_schemas(directory: Path = SCHEMA_DIR) -> None:

@@ -208,7 +208,7 @@ class Pipeline:
         probs, embeddings = self.model.predict(logmels)
         self.metrics.inference_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(windows))
-        contents = self.content.classify(logmels, np.array([w.level_gain_db for w in windows]))
+        contents = self.content.classify(np.stack([w.band_power for w in windows]))
         timeline: list[tuple[str, bytes]] = []
         latest: dict[str, bytes] = {}
         for window, window_probs, embedding, content in zip(windows, probs, embeddings, contents, strict=True):

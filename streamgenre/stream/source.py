@@ -75,6 +75,9 @@ class ChunkSource:
             # Construction blocks until the broker answers; bounded so the daemon's own backoff
             # loop (and a SIGTERM during it) keeps control while the broker is down.
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            # kafka-python's own sensors are updated per fetch and per record in Python; the
+            # daemon exports what it needs through prometheus_client and never reads them.
+            metrics_enabled=False,
             **settings.kafka_security(),
         )
         self._consumer.subscribe([self.topic], listener=_Listener(on_revoked, on_assigned))

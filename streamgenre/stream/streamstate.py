@@ -31,8 +31,9 @@ import soxr
 from streamgenre.model.features import (
     FeatureRecipe,
     StreamingLogMel,
+    compress,
     level_gain_db,
-    log_mel,
+    mel_frames,
     window_input,
 )
 
@@ -54,6 +55,11 @@ class Window:
     # The level normalisation's gain in ``logmel`` (features.level_gain_db): stages that need the
     # stream's real level (silence, dBFS) undo it.
     level_gain_db: float = 0.0
+    # ``(bands, n_frames)``: the window's mel power summed into the content stage's band groups
+    # (``model.content.group_matrix``), before the log and the level normalisation. Kept from the
+    # framing pass, which had the power in hand, so that the content stage need not undo the log
+    # of every bin of every window (``exp`` is most of that stage's cost otherwise).
+    band_power: np.ndarray | None = None
 
 
 def grid_phase(stream_id: str, hop_samples: int, sample_rate: int) -> int:
@@ -96,7 +102,7 @@ class StreamState:
     """
 
     def __init__(self, stream_id: str, partition: int, recipe: FeatureRecipe, hop_frames: int,
-                 input_rate: int, anchor_ms: int, seq: int) -> None:
+                 input_rate: int, anchor_ms: int, seq: int, band_groups: np.ndarray) -> None:
         self.stream_id = stream_id
         self.partition = partition
         self.recipe = recipe
@@ -122,6 +128,8 @@ class StreamState:
             if input_rate != recipe.sample_rate else None
         )
         self._frames = np.zeros((recipe.n_mels, recipe.n_frames), np.float32)
+        self.band_groups = band_groups  # (bands, n_mels), shared by every stream of the framer
+        self._bands = np.zeros((band_groups.shape[0], recipe.n_frames), np.float32)
         self._n_frames = 0  # valid frames in the buffer, the first belongs to window next_window
         self._chunk_starts: collections.deque[tuple[int, int]] = collections.deque()
         self.windows_emitted = 0
@@ -156,9 +164,10 @@ class StreamState:
             samples, self._skip = samples[dropped:], self._skip - dropped
         return self._features.take_frames(samples)
 
-    def add_frames(self, new_frames: np.ndarray, received_at: float, ts_ms: int,
+    def add_frames(self, new_frames: np.ndarray, new_bands: np.ndarray, received_at: float, ts_ms: int,
                    title: str | None = None) -> list[Window]:
-        """Step 2 of 2: append compressed mel frames ``(n_mels, n)``; return the windows they complete.
+        """Step 2 of 2: append compressed mel frames ``(n_mels, n)`` and their band power
+        ``(bands, n)`` (``band_groups`` @ mel power); return the windows they complete.
 
         The windows carry ``title``, the title of the chunk that completes them (its audio is the
         window's most recent).
@@ -168,8 +177,9 @@ class StreamState:
             room = self._frames.shape[1] - self._n_frames
             taken = min(room, new_frames.shape[1])
             self._frames[:, self._n_frames : self._n_frames + taken] = new_frames[:, :taken]
+            self._bands[:, self._n_frames : self._n_frames + taken] = new_bands[:, :taken]
             self._n_frames += taken
-            new_frames = new_frames[:, taken:]
+            new_frames, new_bands = new_frames[:, taken:], new_bands[:, taken:]
             # Emit before taking more frames: a full buffer is exactly one window.
             if self._n_frames == self.recipe.n_frames:
                 windows.append(self._emit(received_at, ts_ms, title))
@@ -186,11 +196,13 @@ class StreamState:
             logmel=window_input(frames, self.recipe, gain),
             t_start=start / sr, t_end=(start + self.recipe.window_samples) / sr,
             completed_at=received_at, chunk_ts_ms=ts_ms, title=title, level_gain_db=gain,
+            band_power=self._bands[:, :n_frames].copy(),
         )
         # Slide by one hop. A shift rather than a wrap-around ring: the model needs a
         # contiguous window anyway, and the copy is tiny next to the FFTs that made the frames.
         keep = max(0, self._n_frames - self.hop_frames)
         self._frames[:, :keep] = self._frames[:, self._n_frames - keep : self._n_frames]
+        self._bands[:, :keep] = self._bands[:, self._n_frames - keep : self._n_frames]
         self._n_frames = keep
         self.next_window += 1
         self.windows_emitted += 1
@@ -215,13 +227,15 @@ class StreamState:
         filled = np.resize(audio, recipe.window_samples)  # np.resize repeats the input to fill
         start = self.anchor_sample
         self.windows_emitted += 1
-        frames = log_mel(filled, recipe)
+        power = mel_frames(filled, recipe)
+        frames = compress(power, recipe)
         gain = level_gain_db(frames, recipe)
         return Window(
             stream_id=self.stream_id, partition=self.partition, window_seq=self.next_window,
             logmel=window_input(frames, recipe, gain),
             t_start=start / recipe.sample_rate, t_end=(start + audio.shape[0]) / recipe.sample_rate,
             completed_at=received_at, chunk_ts_ms=ts_ms, title=title, short=True, level_gain_db=gain,
+            band_power=self.band_groups @ power,
         )
 
     def _forget_consumed_chunks(self) -> None:
@@ -234,7 +248,8 @@ class StreamState:
         return self._chunk_starts[0][0] if self._chunk_starts else None
 
     def state_bytes(self) -> int:
-        return self._frames.nbytes + 4 * self._features.pending_samples + 16 * len(self._chunk_starts)
+        return (self._frames.nbytes + self._bands.nbytes + 4 * self._features.pending_samples
+                + 16 * len(self._chunk_starts))
 
 
 def expected_windows(stream_id: str, ts_ms: int, n_input: int, input_rate: int, recipe: FeatureRecipe,

@@ -157,8 +157,7 @@ class TrackClassifier:
         origin = windows[0].t_start
         states = None
         if self.content is not None:  # in the caller's thread: the inference thread stays on the model
-            contents = self.content.classify(np.stack([w.logmel for w in windows]),
-                                             np.array([w.level_gain_db for w in windows]))
+            contents = self.content.classify(np.stack([w.band_power for w in windows]))
             states = [{"state": c.state, "state_probs": c.probs, "level_dbfs": c.level_dbfs} for c in contents]
         result = summarise(self.model.labels, probs, [w.t_start - origin for w in windows],
                            [w.t_end - origin for w in windows], states)
