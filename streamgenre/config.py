@@ -126,7 +126,10 @@ class Settings(BaseSettings):
     # 16, not more: on one core both models cost the same per window from batch 1 to 16, and the
     # musicnn tagger runs at half speed at 64 (its activations no longer fit in cache).
     max_batch: int = Field(16, ge=1, description="Largest inference micro-batch.")
-    max_wait_ms: float = Field(20.0, description="Longest a complete window waits for its batch to fill.")
+    # 10 rather than 20: under live load a step completes ~15 windows and the batch is time-
+    # triggered; at 250 default-model streams on an AVX2 core p99 window -> publish fell from
+    # 113-116 to 81-83 ms with the same CPU per window (docs/PERFORMANCE.md).
+    max_wait_ms: float = Field(10.0, description="Longest a complete window waits for its batch to fill.")
     step_max_records: int = Field(
         64, ge=1, description="Records the worker takes from its queue per step; their audio shares one FFT/mel pass."
     )

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--partitions", type=int, default=8)
     bench.add_argument("--max-batch", type=int, default=Settings.model_fields["max_batch"].default)
-    bench.add_argument("--max-wait-ms", type=float, default=20.0)
+    bench.add_argument("--max-wait-ms", type=float, default=Settings.model_fields["max_wait_ms"].default)
     bench.add_argument("--ceiling-streams", type=int, default=None, help="default: --streams")
     bench.add_argument("--ceiling-seconds", type=float, default=10.0, help="audio seconds per stream")
     bench.add_argument("--baseline-seconds", type=float, default=5.0)

@@ -26,7 +26,7 @@ class E2EConfig:
     warmup_s: float = 8.0
     partitions: int = 8
     max_batch: int = Settings.model_fields["max_batch"].default
-    max_wait_ms: float = 20.0
+    max_wait_ms: float = Settings.model_fields["max_wait_ms"].default
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: CPUs the daemon processes are pinned to (layout ``pinned``); empty: wherever the OS puts them.
     daemon_cpus: tuple[int, ...] = ()
