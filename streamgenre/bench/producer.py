@@ -27,8 +27,17 @@ def producer_main(
         payloads.append(
             [encode_pcm(y[k * chunk_n : (k + 1) * chunk_n, None], "s16le") for k in range(y.size // chunk_n)]
         )
+    # kafka-python 3.0.12's sender busy-loops while a connection holds its maximum of requests
+    # in flight: the paused connection is "not ready" with a connection delay of 0, so it polls
+    # with a zero timeout until a response comes. Here the broker shares this process's core,
+    # so the spin starves the broker that would answer it (a failed run: the sender at 0.85
+    # CPU-s/s, tansu at 0.08). A 50-ms linger makes ~20 requests a second instead of ~200, and
+    # 20 in flight (no idempotence: acks=1 already rules it out) gives a broker a second of stall
+    # before the pause. The simulated sources stand for other machines: only "chunk ts ->
+    # published" sees the linger, never the daemon's window -> publish.
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, batch_size=1 << 20, max_request_size=8 << 20, acks=1
+        bootstrap_servers=bootstrap, linger_ms=50, batch_size=1 << 20, max_request_size=8 << 20, acks=1,
+        enable_idempotence=False, max_in_flight_requests_per_connection=20,
     )
     epoch0 = round(start_at * 1000)  # chunk k of a stream is captured over [ts, ts + chunk_s), sent at its end
     n_chunks = int(duration_s / chunk_s)
