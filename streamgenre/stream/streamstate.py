@@ -50,16 +50,16 @@ class Window:
     t_end: float
     completed_at: float
     chunk_ts_ms: int
+    # ``(bands, n_frames)``: the window's mel power summed into the content stage's band groups
+    # (``model.content.group_matrix``), before the log and the level normalisation. Kept from the
+    # framing pass, which had the power in hand, so that the content stage need not undo the log
+    # of every bin of every window (``exp`` is most of that stage's cost otherwise).
+    band_power: np.ndarray
     title: str | None = None
     short: bool = False  # an ended stream's only window, off the grid (see StreamState.short_window)
     # The level normalisation's gain in ``logmel`` (features.level_gain_db): stages that need the
     # stream's real level (silence, dBFS) undo it.
     level_gain_db: float = 0.0
-    # ``(bands, n_frames)``: the window's mel power summed into the content stage's band groups
-    # (``model.content.group_matrix``), before the log and the level normalisation. Kept from the
-    # framing pass, which had the power in hand, so that the content stage need not undo the log
-    # of every bin of every window (``exp`` is most of that stage's cost otherwise).
-    band_power: np.ndarray | None = None
 
 
 def grid_phase(stream_id: str, hop_samples: int, sample_rate: int) -> int:
