@@ -136,16 +136,13 @@ def test_the_daemons_band_power_gives_the_states_of_the_model_inputs() -> None:
     the offline tools classify model inputs. Same windows, same states: speech-like bursts,
     silence and a quiet tone, through the shipped front end with its level normalisation."""
     from streamgenre.stream.framing import Framer
-    from streamgenre.stream.wire import Chunk, ChunkHeaders
 
     recipe, rate = SHIPPED.recipe, SHIPPED.recipe.sample_rate
     rng = np.random.default_rng(5)
     t = np.arange(8 * rate) / rate
     y = np.concatenate([rng.normal(0, 0.1, 8 * rate) * (np.sin(2 * np.pi * 4 * t) > 0), np.zeros(8 * rate),
                         0.01 * np.sin(2 * np.pi * 440 * t)]).astype(np.float32)
-    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=0, ts=0)
-    windows = Framer(recipe, recipe.n_frames // 4).push(
-        Chunk.model_construct(stream_id="s", headers=headers, samples=y, sample_rate=rate), 0, 0, 0.0).windows
+    windows = Framer(recipe, recipe.n_frames // 4).frame_clip(y, rate)
     model = ContentModel(SHIPPED_CONTENT_MODEL, silence_dbfs=-55.0)
     daemon = model.classify_bands(np.stack([w.band_power for w in windows]), recipe)
     offline = model.classify_batch(np.stack([w.logmel for w in windows]), recipe,

@@ -115,11 +115,8 @@ def test_content_level_sees_the_streams_real_level() -> None:
 
     recipe = RECIPES["musicnn"]
     y = (0.001 * music_like(2 * recipe.window_samples / recipe.sample_rate, recipe.sample_rate)).astype(np.float32)
-    headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=recipe.sample_rate, channels=1,
-                           seq=0, ts=0)
-    chunk = Chunk.model_construct(stream_id="s", headers=headers, samples=y, sample_rate=recipe.sample_rate)
-    window = Framer(recipe, recipe.n_frames // 2).push(chunk, 0, 0, 0.0).windows[0]
-    plain = Framer(replace(recipe, level_ref_db=None), recipe.n_frames // 2).push(chunk, 0, 0, 0.0).windows[0]
+    window = Framer(recipe, recipe.n_frames // 2).frame_clip(y, recipe.sample_rate)[0]
+    plain = Framer(replace(recipe, level_ref_db=None), recipe.n_frames // 2).frame_clip(y, recipe.sample_rate)[0]
     assert window.level_gain_db > 20.0 and plain.level_gain_db == 0.0  # the quiet window is raised
     (daemon,) = level_only_states(window.band_power[None], -55.0)
     (unnormalised,) = level_only_states(plain.band_power[None], -55.0)

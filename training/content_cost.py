@@ -27,7 +27,6 @@ from streamgenre.model.content import ContentModel
 from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import resample, to_mono
 from streamgenre.stream.framing import Framer
-from streamgenre.stream.wire import Chunk, ChunkHeaders
 
 EXAMPLES = ("macleod_vibe_ace.ogg", "librispeech_3436-172162-0000.ogg", "hobbs_lets_go_fishin.ogg")
 
@@ -58,10 +57,8 @@ def main() -> None:
     rate = genre.recipe.sample_rate
     for name in EXAMPLES:
         data, file_rate = sf.read(args.data / "examples" / name, dtype="float32", always_2d=True, frames=60 * 48000)
-        headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=0, ts=0)
-        chunk = Chunk.model_construct(stream_id=name, headers=headers, sample_rate=rate,
-                                      samples=resample(to_mono(data), file_rate, rate))
-        windows += Framer(genre.recipe, genre.spec.hop_frames).push(chunk, 0, 0, 0.0).windows
+        windows += Framer(genre.recipe, genre.spec.hop_frames).frame_clip(resample(to_mono(data), file_rate, rate),
+                                                                           rate, name)
     batch = np.stack([w.logmel for w in windows])
     bands = np.stack([w.band_power for w in windows])
     gains = np.array([w.level_gain_db for w in windows])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import time
@@ -159,19 +158,23 @@ def worker_metrics(port: int, timeout_s: float) -> str | None:
         return None
 
 
+def samples_named(page: str | None, name: str) -> list[Any]:
+    """The samples called ``name`` on a /metrics page (none when the page is None), parsed with
+    prometheus_client's own text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [sample for family in text_string_to_metric_families(page or "") for sample in family.samples
+            if sample.name == name]
+
+
 def thread_cpu(base_port: int, workers: int) -> dict[str, float]:
     """CPU-seconds so far of the daemons' threads, by thread role, summed over the workers
     (``streamgenre_thread_cpu_seconds_total`` of each worker's /metrics; {} if none answers)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     totals: dict[str, float] = {}
     for w in range(workers):
-        page = worker_metrics(base_port + w, timeout_s=2)
-        for family in text_string_to_metric_families(page or ""):
-            for sample in family.samples:
-                if sample.name == "streamgenre_thread_cpu_seconds_total":
-                    role = sample.labels["thread"]
-                    totals[role] = totals.get(role, 0.0) + sample.value
+        for sample in samples_named(worker_metrics(base_port + w, timeout_s=2), "streamgenre_thread_cpu_seconds_total"):
+            role = sample.labels["thread"]
+            totals[role] = totals.get(role, 0.0) + sample.value
     return totals
 
 
@@ -197,9 +200,8 @@ def wait_group_ready(
                 raise RuntimeError(f"daemon {w} exited: {(tmp / f'daemon-{w}.log').read_text()[-2000:]}")
         owned = []
         for w in range(len(daemons)):
-            page = worker_metrics(base_port + w, timeout_s=1)
-            match = re.search(r"^streamgenre_assigned_partitions ([0-9.e+]+)$", page or "", re.MULTILINE)
-            owned.append(int(float(match.group(1))) if match else -1)
+            assigned = samples_named(worker_metrics(base_port + w, timeout_s=1), "streamgenre_assigned_partitions")
+            owned.append(int(assigned[0].value) if assigned else -1)
         now = time.monotonic()
         # Every worker must hold a share (when there are enough partitions to go round).
         if sum(owned) == partitions and min(owned) >= (1 if len(daemons) <= partitions else 0):

@@ -19,7 +19,7 @@ import numpy as np
 from streamgenre.model.content import group_matrix
 from streamgenre.model.features import FeatureRecipe, compress, frames_to_mel
 from streamgenre.stream.streamstate import StreamState, Window
-from streamgenre.stream.wire import BadInput, Chunk
+from streamgenre.stream.wire import BadInput, Chunk, ChunkHeaders
 
 
 class Arrival(NamedTuple):
@@ -68,6 +68,13 @@ class Framer:
     def push(self, chunk: Chunk, partition: int, offset: int, received_at: float) -> PushResult:
         """Feed one decoded chunk; returns completed windows and whether the stream was reset."""
         return self.push_many([Arrival(chunk, partition, offset, received_at)])[0]
+
+    def frame_clip(self, samples: np.ndarray, rate: int, stream_id: str = "clip") -> list[Window]:
+        """The windows of one whole mono clip at ``rate``, framed as the daemon frames a live
+        stream that starts at ``ts`` 0 (so they carry the daemon's band power and level gain)."""
+        headers = ChunkHeaders(content_type="audio/pcm;format=f32le", sample_rate=rate, channels=1, seq=0, ts=0)
+        chunk = Chunk.model_construct(stream_id=stream_id, headers=headers, samples=samples, sample_rate=rate)
+        return self.push(chunk, 0, 0, 0.0).windows
 
     def push_many(self, arrivals: Sequence[Arrival]) -> list[PushResult]:
         """Feed decoded chunks in arrival order; one result per chunk.
