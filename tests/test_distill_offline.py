@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
+from streamgenre.model.features import log_mel
 from training import distill_offline
+from training.augment import band_limit, coloured_noise
+from training.channel import ChannelSimulator, band_gains
 from training.cnn import build_random_onnx, default_recipe
 from training.corpus import CorpusFile, scan_corpus
 from training.data import GTZAN_GENRES
@@ -78,3 +83,33 @@ def test_sampler_targets_follow_the_clean_recording_and_mixup_drops_labels(tmp_p
     mixed = ViewSampler(items, RECIPE, seed=1, p_mixup=1.0).batch(16)
     assert (mixed[3] == -1).all() and np.isfinite(mixed[0].numpy()).all()
     assert np.allclose(mixed[1].exp().sum(1).numpy(), 1.0, atol=0.02)
+
+
+def test_channel_band_gains_match_a_real_telephone_filter_in_and_near_its_band() -> None:
+    """The mel-domain gain of a band-pass predicts what the real filter does to a recording's mel power."""
+    rng = np.random.default_rng(0)
+    y = (0.1 * coloured_noise(RATE * 6, rng, 1.0)).astype(np.float32)
+    clean = 10 ** (log_mel(y, RECIPE).mean(axis=1) / 10)
+    filtered = 10 ** (log_mel(band_limit(y, RATE, 300.0, 3400.0), RECIPE).mean(axis=1) / 10)
+    gains = band_gains(RECIPE, 300.0, 3400.0, order=4, passes=2)
+    centres = librosa.mel_frequencies(RECIPE.n_mels + 2, fmin=RECIPE.fmin, fmax=RATE / 2)[1:-1]
+    near = (centres > 250) & (centres < 4000)
+    error_db = 10 * np.log10(filtered[near]) - 10 * np.log10(clean[near] * gains[near])
+    assert np.abs(error_db).max() < 3.0
+    assert 10 * np.log10(gains[centres > 8000]).max() < -40  # the band above the line is gone
+
+
+def test_channel_noise_is_added_at_the_drawn_snr_and_the_sampler_keeps_clean_targets(tmp_path: Path,
+                                                                                      teacher: Path) -> None:
+    simulator = ChannelSimulator(RECIPE, p_band=0.0, p_noise=1.0, seed=3)
+    power = torch.ones(4, 1, RECIPE.n_mels, RECIPE.n_frames)
+    noisy = simulator(power)
+    snr_db = 10 * torch.log10(power.sum(dim=(1, 2, 3)) / (noisy - power).sum(dim=(1, 2, 3)))
+    assert ((snr_db >= 5 - 1e-3) & (snr_db <= 30 + 1e-3)).all() and torch.equal(power, torch.ones_like(power))
+    items = [prepare_file((tone(tmp_path / "a" / "jazz.00002.wav", 8.0, 330.0), RECIPE, ViewConfig(views=1),
+                           str(teacher), tmp_path / "k"))]
+    plain = ViewSampler(items, RECIPE, seed=5, p_mixup=0.0).batch(8)
+    through = ViewSampler(items, RECIPE, seed=5, p_mixup=0.0, p_channel=1.0).batch(8)
+    # Same crops and the same clean targets; only the inputs went through channels.
+    assert torch.equal(plain[1], through[1]) and not torch.allclose(plain[0], through[0])
+    assert np.isfinite(through[0].numpy()).all()

@@ -79,6 +79,14 @@ class WaveformAugmentation:
         return y.astype(np.float32)
 
 
+def coloured_noise(n: int, rng: np.random.Generator, colour: float = 1.0) -> np.ndarray:
+    """``n`` samples of noise whose power falls as 1/f**colour (0 white, 1 pink), float64."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.arange(len(spectrum), dtype=np.float64)
+    freqs[0] = 1.0
+    return np.fft.irfft(spectrum / freqs ** (colour / 2), n=n)
+
+
 def add_noise(y: np.ndarray, snr_db: float, rng: np.random.Generator, colour: float = 1.0) -> np.ndarray:
     """Add noise at a given signal-to-noise ratio.
 
@@ -92,11 +100,7 @@ def add_noise(y: np.ndarray, snr_db: float, rng: np.random.Generator, colour: fl
         Spectral slope exponent: power ~ 1/f**colour (0 white, 1 pink, the hiss of tape and
         broadcast chains more than white noise is).
     """
-    white = rng.standard_normal(len(y))
-    spectrum = np.fft.rfft(white)
-    freqs = np.arange(len(spectrum), dtype=np.float64)
-    freqs[0] = 1.0
-    noise = np.fft.irfft(spectrum / freqs ** (colour / 2), n=len(y))
+    noise = coloured_noise(len(y), rng, colour)
     signal_power = float(np.mean(y.astype(np.float64) ** 2))
     noise_power = float(np.mean(noise**2)) or 1.0
     scale = np.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))

@@ -61,6 +61,7 @@ from streamgenre.model.features import (
     window_starts,
     windows_from_frames,
 )
+from training.channel import ChannelSimulator
 from training.cnn import build_model, count_parameters, export_onnx
 from training.corpus import (
     BROADCAST_BANDS,
@@ -191,14 +192,15 @@ class ViewSampler:
     """Cuts training batches out of the views: crop, time stretch, mixup, teacher targets."""
 
     def __init__(self, items: list[FileViews], recipe: FeatureRecipe, seed: int = 0,
-                 p_stretch: float = 0.3, p_mixup: float = 0.25) -> None:
+                 p_stretch: float = 0.3, p_mixup: float = 0.25, p_channel: float = 0.0) -> None:
         self.items, self.recipe = items, recipe
         self.frame_s = recipe.hop_length / recipe.sample_rate
         seconds = [i.frames[0].shape[1] * self.frame_s for i in items]
         files = [CorpusFile(Path(i.path), i.root, s, 0) for i, s in zip(items, seconds, strict=True)]
         self.weights = sampling_weights(files)
         self.rng = np.random.default_rng(seed)
-        self.p_stretch, self.p_mixup = p_stretch, p_mixup
+        self.p_stretch, self.p_mixup, self.p_channel = p_stretch, p_mixup, p_channel
+        self.channel = ChannelSimulator(recipe, seed=seed) if p_channel > 0 else None
 
     def crop(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """One ``(input (1, M, N), teacher log-probs, teacher embedding, label)`` example."""
@@ -230,24 +232,34 @@ class ViewSampler:
         logp = torch.from_numpy(np.stack(t_logp))
         emb = torch.from_numpy(np.stack(t_emb).astype(np.float32))
         y = torch.tensor(labels)
+        mean, std = (torch.tensor(np.array(a, np.float32)) for a in self.recipe.normaliser)
+        # Mixup and channels act on mel power (recordings and noise add as power); each crop is
+        # first brought to the same mean dB (the views' gains span 48 dB), so that mixup's `lam`
+        # is the share of each recording in the mixture, as its target says.
+        db = xs * std + mean
+        power = torch.pow(10.0, (db - db.mean(dim=(1, 2, 3), keepdim=True)) / 10)
         mixed = torch.from_numpy(self.rng.random(size) < self.p_mixup)
         if bool(mixed.any()):
             other = torch.randperm(size)
             lam = torch.from_numpy(self.rng.uniform(0.55, 0.95, size).astype(np.float32))
-            mean, std = (torch.tensor(np.array(a, np.float32)) for a in self.recipe.normaliser)
-            # Mix in the mel power domain (as two recordings add), then back to normalised dB.
-            # Each crop is first brought to the same mean dB (the views' gains span 48 dB), so
-            # that `lam` is the share of each recording in the mixture, as its target says.
-            db = xs * std + mean
-            db = db - db.mean(dim=(1, 2, 3), keepdim=True)
-            power = torch.pow(10.0, db / 10)
             lam_x = lam.view(-1, 1, 1, 1)
-            mix_db = 10 * torch.log10(lam_x * power + (1 - lam_x) * power[other])
-            xs = torch.where(mixed.view(-1, 1, 1, 1), (mix_db - mean) / std, xs)
+            power = torch.where(mixed.view(-1, 1, 1, 1), lam_x * power + (1 - lam_x) * power[other], power)
             probs = lam.view(-1, 1) * logp.exp() + (1 - lam.view(-1, 1)) * logp[other].exp()
             logp = torch.where(mixed.view(-1, 1), probs.log(), logp)
             emb = torch.where(mixed.view(-1, 1), lam.view(-1, 1) * emb + (1 - lam.view(-1, 1)) * emb[other], emb)
             y = torch.where(mixed, torch.full_like(y, -1), y)
+        changed = mixed.clone()
+        if self.channel is not None:
+            through = torch.from_numpy(self.rng.random(size) < self.p_channel)
+            if bool(through.any()):
+                power[through] = self.channel(power[through])
+                changed |= through
+        if bool(changed.any()):
+            new_db = 10 * torch.log10(torch.clamp(power, min=1e-30))
+            if self.recipe.top_db is not None:  # as window_input clips each window
+                floor = new_db.amax(dim=(1, 2, 3), keepdim=True) - self.recipe.top_db
+                new_db = torch.maximum(new_db, floor)
+            xs = torch.where(changed.view(-1, 1, 1, 1), (new_db - mean) / std, xs)
         return xs, logp, emb, y
 
 
@@ -331,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     for damage in ("band", "mp3", "noise"):
         parser.add_argument(f"--p-{damage}", type=float, default=getattr(ViewConfig, f"p_{damage}"),
                             help=f"share of the damaged views with a {damage} step")
+    parser.add_argument("--p-channel", type=float, default=0.0,
+                        help="share of the training crops sent through a simulated channel on the fly "
+                        "(band limit and/or noise in the mel power domain, training.channel)")
     parser.add_argument("--widths", type=int, nargs="+", default=[24, 48, 96, 192],
                         help="conv channels (the paper CNN's are 16 32 64 128; these cost ~2x its CPU per window)")
     parser.add_argument("--kd-temperature", type=float, default=None,
@@ -364,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 items.append(result)
     items.sort(key=lambda i: i.path)
     teacher = GenreModel(args.teacher)
-    sampler = ViewSampler(items, recipe, seed=args.seed)
+    sampler = ViewSampler(items, recipe, seed=args.seed, p_channel=args.p_channel)
     args.out.mkdir(parents=True, exist_ok=True)
     kd_temperature = args.kd_temperature or teacher.spec.temperature
     summary = train(sampler, recipe, args.out, args.minutes, seed=args.seed, widths=tuple(args.widths),
@@ -375,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "corpus": {**corpus.summary(), "undecodable": failed},
         "views": asdict(config),
+        "p_channel": args.p_channel,
         "teacher_windows": int(sum(len(i.teacher_centres_s) for i in items)),
         "training": summary,
         "mini_test": {k: result[k] for k in ("clip_accuracy", "window_accuracy", "macro_f1", "n_clips", "confusion")},
