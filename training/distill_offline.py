@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     for damage in ("band", "mp3", "noise"):
         parser.add_argument(f"--p-{damage}", type=float, default=getattr(ViewConfig, f"p_{damage}"),
                             help=f"share of the damaged views with a {damage} step")
-    parser.add_argument("--p-channel", type=float, default=0.0,
+    parser.add_argument("--p-channel", type=float, default=0.5,
                         help="share of the training crops sent through a simulated channel on the fly "
                         "(band limit and/or noise in the mel power domain, training.channel)")
     parser.add_argument("--widths", type=int, nargs="+", default=[24, 48, 96, 192],
@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     kd_temperature = args.kd_temperature or teacher.spec.temperature
     summary = train(sampler, recipe, args.out, args.minutes, seed=args.seed, widths=tuple(args.widths),
-                    kd_temperature=kd_temperature, version="distilled-offline",
+                    kd_temperature=kd_temperature,
+                    version="distilled-offline-2" if args.p_channel > 0 else "distilled-offline",
                     teacher=f"{teacher.version} ({args.teacher.name}), raw probabilities on clean audio",
                     trained_on=corpus.summary(), **inherited_calibration(teacher))
     result = evaluate_onnx(args.out / "genre_cnn.onnx", load_split(args.gtzan_mini, "mini")["test"], cache_dir=None)
