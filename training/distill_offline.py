@@ -17,8 +17,11 @@
 3. **Training** (this process, both cores). Batches are cut from the views in memory: a
    random file (each corpus folder an equal share), view and offset, a random time stretch in
    the frame domain (0.8-1.25x; with the speed change, pitch shift and tempo vary separately),
-   and mixup of two crops in the mel power domain. The target is the teacher's output at the
-   same instant of the clean recording, interpolated between its windows. Loss: KL divergence
+   mixup of two crops in the mel power domain, and (``--p-channel``, half the crops by default)
+   a broadcast channel drawn afresh per crop, band limit and/or noise, also on mel power
+   (:mod:`training.channel`): the cached views alone gave a crop a telephone line on one file in
+   ten. The target is the teacher's output at the same instant of the clean recording,
+   interpolated between its windows. Loss: KL divergence
    to the teacher's genre distribution at temperature ``T`` (x T^2; by default the teacher's
    calibration temperature, so the targets are the calibrated probabilities the teacher serves;
    at the optimum of the KL alone the student's logits equal the teacher's, at any T), cosine distance between
