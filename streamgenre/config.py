@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     redis_timeline_maxlen: int = Field(10000, description="Approximate cap (MAXLEN ~) of the timeline stream.")
     redis_timeline_ttl_s: int = Field(
         7 * 24 * 3600, ge=0,
-        description="A timeline expires this long after its last window (each write renews it); 0 keeps it forever.",
+        description="A timeline expires this long after its last window, plus up to an eighth of it (at most "
+        "10 minutes: the TTL is renewed once per that interval, not per window); 0 keeps it forever.",
     )
     redis_segments_maxlen: int = Field(5000, description="Approximate cap (MAXLEN ~) of {prefix}:{stream}:segments.")
     redis_segments_ttl_s: int = Field(

@@ -324,8 +324,19 @@ def test_timelines_expire_after_their_last_write(redis_prefix: str) -> None:
     try:
         assert sink.write([("s", b"{}"), ("s", b"{}"), ("t", b"{}")], {"s": b"{}"})
         client = redis.Redis.from_url(REDIS_URL)
-        for stream in ("s", "t"):
-            assert 0 < client.ttl(f"{redis_prefix}:{stream}:timeline") <= 120
+        for stream in ("s", "t"):  # at least the TTL after the last write, at most a renewal more
+            assert 120 <= client.ttl(f"{redis_prefix}:{stream}:timeline") <= 120 + sink.timeline_renew_s
+        # Within the renewal interval a write does not renew (one EXPIRE per stream per interval)...
+        client.persist(f"{redis_prefix}:s:timeline")
+        assert sink.write([("s", b"{}")], {})
+        assert client.ttl(f"{redis_prefix}:s:timeline") == -1
+        # ...but a stream that appears for the first time gets its TTL at once, and so does one whose
+        # renewal is due.
+        assert sink.write([("u", b"{}")], {})
+        assert client.ttl(f"{redis_prefix}:u:timeline") >= 120
+        sink._renew_due["s"] = 0.0
+        assert sink.write([("s", b"{}")], {})
+        assert client.ttl(f"{redis_prefix}:s:timeline") >= 120
         forever = RedisSink(Settings(redis_url=REDIS_URL, redis_prefix=redis_prefix, redis_timeline_ttl_s=0))
         client.persist(f"{redis_prefix}:s:timeline")
         assert forever.write([("s", b"{}")], {})

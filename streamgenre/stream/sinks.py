@@ -193,9 +193,10 @@ class RedisSink:
     """Latest prediction and timeline per stream, written with one pipeline per batch.
 
     Keys: ``{prefix}:{stream_id}:latest`` (JSON string, TTL), ``{prefix}:{stream_id}:timeline``
-    (Redis Stream, field ``json``, ``MAXLEN ~``, expiring ``redis_timeline_ttl_s`` after its last
-    write) and ``{prefix}:{stream_id}:segments`` (closed segments: Redis Stream, field ``json``,
-    ``MAXLEN ~``, expires ``redis_segments_ttl_s`` after its last segment).
+    (Redis Stream, field ``json``, ``MAXLEN ~``, expiring ``redis_timeline_ttl_s`` to
+    ``redis_timeline_ttl_s + timeline_renew_s`` after its last write) and
+    ``{prefix}:{stream_id}:segments`` (closed segments: Redis Stream, field ``json``, ``MAXLEN ~``,
+    expires ``redis_segments_ttl_s`` after its last segment).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -203,6 +204,12 @@ class RedisSink:
         self.ttl_s = settings.redis_latest_ttl_s
         self.maxlen = settings.redis_timeline_maxlen
         self.timeline_ttl_s = settings.redis_timeline_ttl_s
+        # An EXPIRE per window was a third of the daemon's Redis commands. Renewing a timeline's
+        # TTL once per `timeline_renew_s`, set that much longer, keeps the promise (it lives at
+        # least the TTL after its last write) with one EXPIRE per stream per interval.
+        self.timeline_renew_s = min(600.0, self.timeline_ttl_s / 8)
+        self._renew_due: dict[str, float] = {}  # stream id -> when its timeline's TTL is renewed next
+        self._next_prune = 0.0
         self.segments_maxlen = settings.redis_segments_maxlen
         self.segments_ttl_s = settings.redis_segments_ttl_s
         self.retry_s = settings.redis_retry_s
@@ -226,6 +233,7 @@ class RedisSink:
         """
         if not self.up:
             return False
+        renew = self._due_for_renewal(timeline) if self.timeline_ttl_s else []
         deadline = time.monotonic() + self.retry_s
         while True:
             try:
@@ -234,8 +242,9 @@ class RedisSink:
                     pipe.xadd(self.key(stream_id, "timeline"), {"json": value}, maxlen=self.maxlen, approximate=True)
                 if self.timeline_ttl_s:
                     # MAXLEN bounds a long stream; the TTL frees the timeline of one that ended.
-                    for stream_id in {stream_id for stream_id, _ in timeline}:
-                        pipe.expire(self.key(stream_id, "timeline"), self.timeline_ttl_s)
+                    ttl_s = round(self.timeline_ttl_s + self.timeline_renew_s)
+                    for stream_id in renew:
+                        pipe.expire(self.key(stream_id, "timeline"), ttl_s)
                 for stream_id, value in latest.items():
                     pipe.set(self.key(stream_id, "latest"), value, ex=self.ttl_s)
                 for stream_id, value in segments:
@@ -243,6 +252,7 @@ class RedisSink:
                     pipe.xadd(key, {"json": value}, maxlen=self.segments_maxlen, approximate=True)
                     pipe.expire(key, self.segments_ttl_s)
                 pipe.execute()
+                self._renew_due.update(dict.fromkeys(renew, time.monotonic() + self.timeline_renew_s))
                 return True
             except redis.RedisError as exc:
                 if time.monotonic() >= deadline:
@@ -250,6 +260,14 @@ class RedisSink:
                     self.up = False
                     return False
                 time.sleep(0.1)
+
+    def _due_for_renewal(self, timeline: list[tuple[str, bytes]]) -> list[str]:
+        """The streams of ``timeline`` whose timeline TTL is due for renewal."""
+        now = time.monotonic()
+        if now >= self._next_prune:  # forget streams that stopped writing: the dict stays bounded
+            self._renew_due = {s: due for s, due in self._renew_due.items() if due > now}
+            self._next_prune = now + self.timeline_renew_s
+        return [s for s in {s for s, _ in timeline} if self._renew_due.get(s, 0.0) <= now]
 
     def ping(self) -> bool:
         was_up = self.up
@@ -259,6 +277,7 @@ class RedisSink:
             self.up = False
         if self.up and not was_up:
             log.info("redis is back")
+            self._renew_due = {}  # a restarted Redis may have lost the keys with their TTLs
         return self.up
 
     def close(self) -> None:
