@@ -60,6 +60,25 @@ def test_views_keep_the_file_length_and_the_cache_returns_the_same(tmp_path: Pat
     assert np.array_equal(first.teacher_logprobs, again.teacher_logprobs)
 
 
+def test_another_teacher_reuses_the_views_and_labels_the_file_anew(tmp_path: Path, teacher: Path) -> None:
+    f = tone(tmp_path / "corpus" / "rock.00013.wav", 6.0, 440.0)
+    config = ViewConfig(views=2, p_mp3=1.0)
+    first = prepare_file((f, RECIPE, config, str(teacher), tmp_path / "cache"))
+    views_files = sorted((tmp_path / "cache" / "views").iterdir())
+    other = tmp_path / "other" / "genre_cnn.onnx"
+    build_random_onnx(other, RECIPE, list(GTZAN_GENRES), seed=7)
+    distill_offline._init_worker(str(other))
+    try:
+        second = prepare_file((f, RECIPE, config, str(other), tmp_path / "cache"))
+    finally:
+        distill_offline._init_worker(str(teacher))
+    assert isinstance(first, FileViews) and isinstance(second, FileViews)
+    assert sorted((tmp_path / "cache" / "views").iterdir()) == views_files  # no new views were made
+    assert all(np.array_equal(a, b) for a, b in zip(first.frames, second.frames, strict=True))
+    assert len(list((tmp_path / "cache" / "teacher").iterdir())) == 2
+    assert not np.allclose(first.teacher_logprobs, second.teacher_logprobs)
+
+
 def test_a_file_that_does_not_decode_is_reported_not_raised(tmp_path: Path, teacher: Path) -> None:
     good = tone(tmp_path / "c" / "a.wav", 4.0, 300.0)
     broken = tmp_path / "c" / "a.wav"

@@ -12,8 +12,8 @@
    ffmpeg (32-128 kbit/s), a telephone/AM/FM band, noise at 5-30 dB SNR and a gain from
    -45 to +3 dB full scale. Whole files on purpose: one ffmpeg call per view instead of one per
    crop, and the log-mel of a file is computed once for every crop later cut from it. Results
-   are cached per file under ``OUT/../views`` so a second run (another size, another seed)
-   starts training at once.
+   are cached per file under ``OUT/../cache`` (views and teacher outputs apart, so another
+   teacher reuses the views) and a second run (another size, another seed) starts training at once.
 3. **Training** (this process, both cores). Batches are cut from the views in memory: a
    random file (each corpus folder an equal share), view and offset, a random time stretch in
    the frame domain (0.8-1.25x; with the speed change, pitch shift and tempo vary separately),
@@ -129,11 +129,31 @@ def _damage(y: np.ndarray, sr: int, config: ViewConfig, rng: np.random.Generator
     return noise_then_gain(y, chain, [], rng), speed
 
 
-def _cache_key(f: CorpusFile, teacher: Path, recipe: FeatureRecipe, config: ViewConfig) -> str:
+def _file_id(f: CorpusFile) -> list[Any]:
     stat = f.path.stat()
-    text = json.dumps([str(f.path), stat.st_size, stat.st_mtime_ns, str(teacher), teacher.stat().st_size,
-                       recipe.to_dict(), asdict(config)], sort_keys=True)
+    return [str(f.path), stat.st_size, stat.st_mtime_ns]
+
+
+def _views_key(f: CorpusFile, recipe: FeatureRecipe, config: ViewConfig) -> str:
+    """Cache key of a file's views: they do not depend on the teacher, so a new teacher reuses them."""
+    views = {k: v for k, v in asdict(config).items() if k != "teacher_hop_s"}
+    text = json.dumps([*_file_id(f), recipe.to_dict(), views], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def _teacher_key(f: CorpusFile, teacher: Path, config: ViewConfig) -> str:
+    text = json.dumps([*_file_id(f), str(teacher), teacher.stat().st_size, config.teacher_hop_s, config.max_seconds],
+                      sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def _save(path: Path, **arrays: Any) -> None:
+    """``np.savez``, renamed into place when complete: a killed run leaves no half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as out:
+        np.savez(out, **arrays)
+    partial.replace(path)
 
 
 _worker: dict[str, Any] = {}
@@ -145,50 +165,58 @@ def _init_worker(teacher_path: str) -> None:
 
 
 def prepare_file(job: tuple[CorpusFile, FeatureRecipe, ViewConfig, str, Path]) -> FileViews | str:
-    """Teacher outputs and student views of one file (cached); an error text when it does not decode."""
+    """Teacher outputs and student views of one file, each cached on its own; an error text when it
+    does not decode."""
     f, recipe, config, teacher_path, cache_dir = job
-    cache = cache_dir / f"{_cache_key(f, Path(teacher_path), recipe, config)}.npz"
+    views_cache = cache_dir / "views" / f"{_views_key(f, recipe, config)}.npz"
+    teacher_cache = cache_dir / "teacher" / f"{_teacher_key(f, Path(teacher_path), config)}.npz"
     label = gtzan_genre(f.path)
     label_id = LABELS.index(label) if label else -1
-    if cache.is_file():
-        z = np.load(cache)
-        n = int(z["n_views"])
-        return FileViews(str(f.path), f.root, label_id, z["centres"], z["logprobs"], z["embedding"],
-                         [z[f"view{i}"] for i in range(n)], list(z["speeds"]))
-    teacher: GenreModel = _worker["teacher"]
     try:
-        clean_t = read_audio(f.path, teacher.recipe.sample_rate)
-        clean_s = read_audio(f.path, recipe.sample_rate)
+        if not teacher_cache.is_file():
+            _save(teacher_cache, **_teacher_outputs(f.path, _worker["teacher"], config))
+        if not views_cache.is_file():
+            views, speeds = _views(f.path, recipe, config)
+            arrays = {f"view{i}": v for i, v in enumerate(views)}
+            _save(views_cache, n_views=len(views), speeds=np.array(speeds), **arrays)
     except Exception as err:  # a file that passed the header scan may still fail to decode
         return f"{f.path}: {str(err).splitlines()[0][:200]}"
-    trecipe = teacher.recipe
+    t, v = np.load(teacher_cache), np.load(views_cache)
+    return FileViews(str(f.path), f.root, label_id, t["centres"], t["logprobs"], t["embedding"],
+                     [v[f"view{i}"] for i in range(int(v["n_views"]))], list(v["speeds"]))
+
+
+def _pad_to_window(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     # A file shorter than a window (the corpus's 2.5 s GTZAN snippets) is padded with silence,
     # as the daemon's framer would see it between two items.
-    clean_t = clean_t[: round(config.max_seconds * trecipe.sample_rate)]
-    clean_t = np.pad(clean_t, (0, max(0, trecipe.window_samples + trecipe.n_fft - len(clean_t))))
-    frames_t = log_mel(clean_t, trecipe)
+    return np.pad(y, (0, max(0, recipe.window_samples + recipe.n_fft - len(y))))
+
+
+def _teacher_outputs(path: Path, teacher: GenreModel, config: ViewConfig) -> dict[str, np.ndarray]:
+    """The teacher's raw log-probabilities and embedding for clean windows every ``teacher_hop_s``."""
+    trecipe = teacher.recipe
+    clean = _pad_to_window(read_audio(path, trecipe.sample_rate)[: round(config.max_seconds * trecipe.sample_rate)],
+                           trecipe)
+    frames = log_mel(clean, trecipe)
     hop = max(1, trecipe.seconds_to_frames(config.teacher_hop_s))
-    starts = list(window_starts(frames_t.shape[1], trecipe.n_frames, hop))
-    probs, embedding = teacher.predict(windows_from_frames(frames_t, trecipe, starts), batch_size=32, calibrated=False)
+    starts = list(window_starts(frames.shape[1], trecipe.n_frames, hop))
+    probs, embedding = teacher.predict(windows_from_frames(frames, trecipe, starts), batch_size=32, calibrated=False)
     centres = np.array([trecipe.frames_to_seconds(s + trecipe.n_frames / 2) for s in starts], np.float32)
-    rng = np.random.default_rng([config.seed, int(hashlib.sha1(str(f.path).encode()).hexdigest()[:8], 16)])
-    clean_s = clean_s[: round(config.max_seconds * recipe.sample_rate)]
-    clean_s = np.pad(clean_s, (0, max(0, recipe.window_samples + recipe.n_fft - len(clean_s))))
-    views, speeds = [log_mel(clean_s, recipe).astype(np.float16)], [1.0]
+    return {"centres": centres, "logprobs": np.log(np.maximum(probs, 1e-8)).astype(np.float32),
+            "embedding": embedding.astype(np.float16)}
+
+
+def _views(path: Path, recipe: FeatureRecipe, config: ViewConfig) -> tuple[list[np.ndarray], list[float]]:
+    """The clean and ``config.views - 1`` damaged student log-mels of a file, and their speeds."""
+    rng = np.random.default_rng([config.seed, int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16)])
+    clean = _pad_to_window(read_audio(path, recipe.sample_rate)[: round(config.max_seconds * recipe.sample_rate)],
+                           recipe)
+    views, speeds = [log_mel(clean, recipe).astype(np.float16)], [1.0]
     for _ in range(config.views - 1):
-        damaged, speed = _damage(clean_s, recipe.sample_rate, config, rng)
-        damaged = np.pad(damaged, (0, max(0, recipe.window_samples + recipe.n_fft - len(damaged))))
-        views.append(log_mel(damaged, recipe).astype(np.float16))
+        damaged, speed = _damage(clean, recipe.sample_rate, config, rng)
+        views.append(log_mel(_pad_to_window(damaged, recipe), recipe).astype(np.float16))
         speeds.append(speed)
-    logprobs = np.log(np.maximum(probs, 1e-8)).astype(np.float32)
-    arrays = {f"view{i}": v for i, v in enumerate(views)}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial")
-    with partial.open("wb") as out:  # renamed when complete: a killed run leaves no half-written cache
-        np.savez(out, n_views=len(views), centres=centres, logprobs=logprobs,
-                 embedding=embedding.astype(np.float16), speeds=np.array(speeds), **arrays)
-    partial.replace(cache)
-    return FileViews(str(f.path), f.root, label_id, centres, logprobs, embedding.astype(np.float16), views, speeds)
+    return views, speeds
 
 
 class ViewSampler:
@@ -358,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=None, help="use only this many hours of the corpus "
                         "(a seeded random subset of files, for the learning curve)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--version", help="the student's version in its sidecar "
+                        "(default: distilled-offline-2 with simulated channels, distilled-offline without)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -367,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = scan_corpus(args.corpus)  # warns about each file that does not decode
     if args.hours is not None:
         corpus = corpus.subset_hours(args.hours, args.seed)
-    cache_dir = args.out.parent / "views"
+    cache_dir = args.out.parent / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(f, recipe, config, str(args.teacher), cache_dir) for f in corpus.files]
     items: list[FileViews] = []
@@ -387,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     kd_temperature = args.kd_temperature or teacher.spec.temperature
     summary = train(sampler, recipe, args.out, args.minutes, seed=args.seed, widths=tuple(args.widths),
                     kd_temperature=kd_temperature,
-                    version="distilled-offline-2" if args.p_channel > 0 else "distilled-offline",
+                    version=args.version or ("distilled-offline-2" if args.p_channel > 0 else "distilled-offline"),
                     teacher=f"{teacher.version} ({args.teacher.name}), raw probabilities on clean audio",
                     trained_on=corpus.summary(), **inherited_calibration(teacher))
     result = evaluate_onnx(args.out / "genre_cnn.onnx", load_split(args.gtzan_mini, "mini")["test"], cache_dir=None)

@@ -12,9 +12,12 @@ module makes the variants the profiles serve, in this order:
 2. **level normalisation**: the recipe gets ``level_ref_db`` = the median level of the
    mini_train windows (:func:`streamgenre.model.features.level_db`), the training set's own
    typical level, so that a window at a typical level is barely changed;
-3. **head**: the logistic head is refitted on the kept tags of the level-normalised mini_train
-   windows (:func:`training.fit_head.fit_head`, ``C`` by clip-grouped CV) — the head must see
-   the inputs it will be served — and baked in as ``Concat → MatMul → Add → Softmax``;
+3. **head**: the logistic head is refitted on the level-normalised mini_train windows
+   (:func:`training.fit_head.fit_head`, ``C`` by clip-grouped CV) — the head must see the inputs
+   it will be served — and baked in as ``Concat → MatMul → Add → Softmax``. Its input is the kept
+   branches' tag probabilities (``--head-input tags``, 50 per branch, as the shipped model) or
+   their penultimate layer (``--head-input embedding``, 200 per branch: the tags are a 50-way
+   summary of it trained for MSD's tags, not for genres);
 4. **calibration**: a temperature for the served probabilities, fitted on the clip-grouped
    validation folds of mini_train (:mod:`training.calibration`), stored in the sidecar;
 5. writes the ONNX file and its sidecar; :mod:`training.evaluate` then scores it.
@@ -84,16 +87,16 @@ def prune(source: onnx.ModelProto, branches: Sequence[str]) -> onnx.ModelProto:
     return model
 
 
-def bake_head(tagger: onnx.ModelProto, weight: np.ndarray, bias: np.ndarray, tag_names: Sequence[str]
+def bake_head(tagger: onnx.ModelProto, weight: np.ndarray, bias: np.ndarray, inputs: Sequence[str]
               ) -> onnx.ModelProto:
-    """Append ``probs = Softmax(Concat(tags) · W + b)``; outputs in contract order (probs, embedding, tags)."""
+    """Append ``probs = Softmax(Concat(inputs) · W + b)``; outputs in contract order (probs, embedding, tags)."""
     model = onnx.ModelProto()
     model.CopyFrom(tagger)
     graph = model.graph
     graph.initializer.extend([numpy_helper.from_array(weight.astype(np.float32), "head_weight"),
                               numpy_helper.from_array(bias.astype(np.float32), "head_bias")])
     graph.node.extend([
-        helper.make_node("Concat", list(tag_names), ["head_input"], axis=1, name="head_concat"),
+        helper.make_node("Concat", list(inputs), ["head_input"], axis=1, name="head_concat"),
         helper.make_node("MatMul", ["head_input", "head_weight"], ["head_matmul"], name="head_matmul"),
         helper.make_node("Add", ["head_matmul", "head_bias"], ["head_logits"], name="head_add"),
         helper.make_node("Softmax", ["head_logits"], ["probs"], axis=-1, name="head_softmax"),
@@ -112,7 +115,8 @@ def training_windows(clips: Sequence[Any], recipe: FeatureRecipe, hop_frames: in
 
 
 def build(source: Path, out: Path, branches: Sequence[str], data: Path = MINI_ROOT, level: bool = True,
-          max_gain_db: float = DEFAULT_MAX_GAIN_DB, version: str | None = None) -> dict[str, Any]:
+          max_gain_db: float = DEFAULT_MAX_GAIN_DB, version: str | None = None, head_input: str = "tags"
+          ) -> dict[str, Any]:
     """Prune, level-normalise, refit the head, calibrate; write ``out`` and its sidecar.
 
     Returns the sidecar written.
@@ -127,6 +131,7 @@ def build(source: Path, out: Path, branches: Sequence[str], data: Path = MINI_RO
                          level_max_gain_db=max_gain_db)
     tagger = prune(onnx.load(str(source)), branches)
     tag_names = [f"{b}_tags" for b in branches]
+    head_names = tag_names if head_input == "tags" else ["embedding"]
     session = make_session(tagger.SerializeToString(), threads=1)
     windows, owner = [], []
     for i, f in enumerate(frames):
@@ -134,31 +139,33 @@ def build(source: Path, out: Path, branches: Sequence[str], data: Path = MINI_RO
         windows.append(w)
         owner.append(np.full(len(w), i))
     x, window_clip = np.concatenate(windows), np.concatenate(owner)
-    print(f"tags of {len(x)} mini_train windows through the {'+'.join(branches)} tagger", file=sys.stderr)
-    tags = {k: v.astype(np.float64) for k, v in run_batched(session, x, tag_names, 32).items()}
+    print(f"{head_input} of {len(x)} mini_train windows through the {'+'.join(branches)} tagger", file=sys.stderr)
+    features = {k: v.astype(np.float64) for k, v in run_batched(session, x, head_names, 32).items()}
     labels = np.array([GTZAN_GENRES.index(c.genre) for c in train])
-    split = SplitOutputs(list(train), labels, window_clip, tags)
-    head = fit_head(split, tag_names=tag_names)
-    temperature = fit_temperature_grouped(head_features(tags, tag_names), split.window_labels, window_clip,
+    split = SplitOutputs(list(train), labels, window_clip, features)
+    head = fit_head(split, tag_names=head_names)
+    temperature = fit_temperature_grouped(head_features(features, head_names), split.window_labels, window_clip,
                                           head.c)
-    model = bake_head(tagger, head.weight, head.bias, tag_names)
+    model = bake_head(tagger, head.weight, head.bias, head_names)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     name = "+".join(branches)
+    head_what = "tag probabilities" if head_input == "tags" else "penultimate layer"
     sidecar = build_sidecar(
         recipe, list(GTZAN_GENRES), hop_frames, 200 * len(branches),
-        version or f"musicnn-{name}-head-level-2",
+        version or (f"musicnn-{name}-head-level-2" if head_input == "tags" else f"musicnn-{name}-embedding-head"),
         temperature=temperature["temperature"],
         description=(f"musicnn tagger(s) {name} (Pons & Serra, ISC licence; pruned from model/genre_cnn.onnx) "
-                     f"with a logistic genre head on their tag probabilities. Outputs: "
+                     f"with a logistic genre head on their {head_what}. Outputs: "
                      f"probs (10 genres, before the sidecar's temperature), embedding (penultimate layer per "
                      f"branch, 200 each), {', '.join(tag_names)}."),
         trained_on=("Taggers: musicnn's published checkpoints (not retrained). Head and temperature: gtzan-mini "
                     "splits/mini_train.txt (51 clips, non-overlapping 2.992 s windows, level-normalised)."),
         head={"c": head.c, "cv_clip_accuracy": {str(c): a for c, a in head.cv_clip_accuracy.items()},
-              "tags": tag_names},
+              "inputs": head_names},
         calibration=temperature,
-        built_by=f"python -m training.teacher --source {source} --branches {' '.join(branches)} --out {out}",
+        built_by=f"python -m training.teacher --source {source} --branches {' '.join(branches)} "
+                 f"--head-input {head_input} --out {out}",
     )
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
@@ -172,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=MINI_ROOT, help="gtzan-mini root")
     parser.add_argument("--no-level", action="store_true", help="no level normalisation")
     parser.add_argument("--max-gain-db", type=float, default=DEFAULT_MAX_GAIN_DB)
-    parser.add_argument("--version", help="model version (default: musicnn-<branches>-head-level-2)")
+    parser.add_argument("--head-input", choices=("tags", "embedding"), default="tags",
+                        help="what the genre head reads: the tag probabilities or the penultimate layer")
+    parser.add_argument("--version", help="model version (default: musicnn-<branches>[-embedding]-head...)")
     args = parser.parse_args(argv)
     if args.out.resolve() == args.source.resolve():
         print("error: --out must differ from --source (the source is read while the output is written)",
@@ -180,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         sidecar = build(args.source, args.out, args.branches, args.data, not args.no_level, args.max_gain_db,
-                        args.version)
+                        args.version, args.head_input)
     except (DatasetNotFoundError, FileNotFoundError, ModelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
