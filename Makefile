@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
 # Debian packages (ffmpeg, icecast2, prometheus) are installed by .ci/system-packages.sh when missing.
-.PHONY: demo test test-fast test-faults reliability lint train student student-yamnet student-mini student-curve robustness model musicnn-compare bench bench-model deploy-check schemas clean
+.PHONY: demo test test-fast test-faults reliability lint train fast student student-yamnet student-mini student-curve robustness model musicnn-compare bench bench-model deploy-check schemas clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ student: $(VENV)/.test-installed
 	cp build/distill-offline/student/report.json model/report/student_offline_distill.json
 	$(PY) -m training.content --genre-model model/student/genre_cnn.onnx --out model/student/content.json \
 		--report model/report/content_student.json
+
+# The `fast` profile and the student's teacher: the MSD branch of model/genre_cnn.onnx with a genre
+# head on its penultimate layer, refitted on mini_train (training/teacher.py; ~1 min, no TensorFlow).
+fast: $(VENV)/.test-installed
+	$(PY) -m training.teacher --branches msd --head-input embedding --out model/fast/genre_cnn.onnx
 
 # YAMNet (AudioSet) + a genre head distilled the consistent way (the teacher labels every augmented
 # crop; training/distill_scale.py) into model/student-yamnet/: it knows more of the example tracks,

@@ -36,3 +36,15 @@ def test_baked_head_is_the_numpy_head() -> None:
     logits = tags @ weight + bias
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(probs, expected / expected.sum(axis=1, keepdims=True), atol=1e-5)
+
+
+def test_a_head_on_the_embedding_reads_the_penultimate_layer() -> None:
+    pruned = prune(onnx.load(str(MODEL)), ["msd"])
+    rng = np.random.default_rng(2)
+    weight, bias = rng.normal(size=(200, 10)).astype(np.float32) / 10, rng.normal(size=10).astype(np.float32)
+    session = make_session(bake_head(pruned, weight, bias, ["embedding"]).SerializeToString())
+    x = rng.uniform(0, 3, (2, 1, 96, 187)).astype(np.float32)
+    probs, embedding = session.run(["probs", "embedding"], {"logmel": x})
+    logits = embedding @ weight + bias
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probs, expected / expected.sum(axis=1, keepdims=True), atol=1e-5)

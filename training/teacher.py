@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -164,7 +165,7 @@ def build(source: Path, out: Path, branches: Sequence[str], data: Path = MINI_RO
         head={"c": head.c, "cv_clip_accuracy": {str(c): a for c, a in head.cv_clip_accuracy.items()},
               "inputs": head_names},
         calibration=temperature,
-        built_by=f"python -m training.teacher --source {source} --branches {' '.join(branches)} "
+        built_by=f"python -m training.teacher --source {os.path.relpath(source)} --branches {' '.join(branches)} "
                  f"--head-input {head_input} --out {out}",
     )
     out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
