@@ -53,17 +53,18 @@ lint: $(VENV)/.test-installed
 train: $(VENV)/.test-installed
 	$(PY) -m training.train --data ../shared/data/gtzan --protocol filtered random --out build/paper_cnn --threads 2 --time-budget-min 20
 
-# The student (model/student/, the `student` profile): the tagger (model/genre_cnn.onnx) labels
-# every music recording we may use once, on clean audio (music-corpus, free-music, gtzan-mini
+# The student (model/student/, the `student` profile): the fast tagger (model/fast/, `make fast`)
+# labels every music recording we may use once, on clean audio (music-corpus, free-music, gtzan-mini
 # mini_train; never mini_test, never a GTZAN number ending 5-9, never examples/); a CNN of the
 # paper's shape at 1.5x its widths learns its probabilities and embedding from damaged whole-file
 # views (speed, mp3 through ffmpeg, telephone/AM/FM bands, noise, gain) cut into stretched and
 # mixed crops (training/distill_offline.py). ~11-26 min of teacher + views on 2 cores (cached under
-# build/distill-offline/views), then STUDENT_MINUTES of training, then its content model (~4 min).
+# build/distill-offline/cache), then STUDENT_MINUTES of training, then its content model (~4 min).
 DISTILL_CORPUS := ../shared/data/music-corpus ../shared/data/free-music ../shared/data/gtzan-mini
-STUDENT_MINUTES ?= 45
+STUDENT_MINUTES ?= 60
 student: $(VENV)/.test-installed
-	OPENBLAS_NUM_THREADS=1 $(PY) -m training.distill_offline --corpus $(DISTILL_CORPUS) --out build/distill-offline/student --minutes $(STUDENT_MINUTES)
+	OPENBLAS_NUM_THREADS=1 $(PY) -m training.distill_offline --corpus $(DISTILL_CORPUS) --teacher model/fast/genre_cnn.onnx \
+		--version distilled-offline-3 --out build/distill-offline/student --minutes $(STUDENT_MINUTES)
 	mkdir -p model/student
 	cp build/distill-offline/student/genre_cnn.onnx build/distill-offline/student/genre_cnn.json model/student/
 	cp build/distill-offline/student/report.json model/report/student_offline_distill.json
