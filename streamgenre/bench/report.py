@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def machine_info() -> dict[str, Any]:
@@ -32,6 +40,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "onnxruntime": onnxruntime.__version__,
+        **{name: _version(name) for name in ("librosa", "scipy", "soxr", "kafka-python")},
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "loadavg": os.getloadavg(),
     }
