@@ -12,13 +12,14 @@ import soundfile as sf
 import torch
 
 from streamgenre.model.features import log_mel
-from training import distill_offline
+from training import distill_views
 from training.augment import band_limit, coloured_noise
 from training.channel import ChannelSimulator, band_gains
 from training.cnn import build_random_onnx, default_recipe
 from training.corpus import CorpusFile, scan_corpus
 from training.data import GTZAN_GENRES
-from training.distill_offline import FileViews, ViewConfig, ViewSampler, prepare_file
+from training.distill_offline import ViewSampler
+from training.distill_views import FileViews, ViewConfig, prepare_file
 
 RATE = 22050
 RECIPE = replace(default_recipe(), mean=-30.0, std=20.0)
@@ -29,7 +30,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random paper CNN stands in for the tagger: the pipeline needs its contract, not its skill."""
     path = tmp_path_factory.mktemp("teacher") / "genre_cnn.onnx"
     build_random_onnx(path, RECIPE, list(GTZAN_GENRES))
-    distill_offline._init_worker(str(path))
+    distill_views.init_worker(str(path))
     return path
 
 
@@ -67,11 +68,11 @@ def test_another_teacher_reuses_the_views_and_labels_the_file_anew(tmp_path: Pat
     views_files = sorted((tmp_path / "cache" / "views").iterdir())
     other = tmp_path / "other" / "genre_cnn.onnx"
     build_random_onnx(other, RECIPE, list(GTZAN_GENRES), seed=7)
-    distill_offline._init_worker(str(other))
+    distill_views.init_worker(str(other))
     try:
         second = prepare_file((f, RECIPE, config, str(other), tmp_path / "cache"))
     finally:
-        distill_offline._init_worker(str(teacher))
+        distill_views.init_worker(str(teacher))
     assert isinstance(first, FileViews) and isinstance(second, FileViews)
     assert sorted((tmp_path / "cache" / "views").iterdir()) == views_files  # no new views were made
     assert all(np.array_equal(a, b) for a, b in zip(first.frames, second.frames, strict=True))
