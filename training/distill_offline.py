@@ -60,13 +60,12 @@ from streamgenre.model.features import FeatureRecipe, window_input
 from training.channel import ChannelSimulator
 from training.cnn import build_model, count_parameters, export_onnx
 from training.corpus import CorpusFile, sampling_weights, scan_corpus
-from training.data import GTZAN_GENRES, load_split
+from training.data import load_split
 from training.distill_scale import distillation_loss, student_recipe
-from training.distill_views import FileViews, ViewConfig, init_worker, prepare_file
+from training.distill_views import LABELS, FileViews, ViewConfig, init_worker, prepare_file
 from training.evaluate import evaluate_onnx
 
 log = logging.getLogger(__name__)
-LABELS = list(GTZAN_GENRES)
 REPO = Path(__file__).resolve().parents[1]
 
 

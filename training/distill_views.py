@@ -140,12 +140,16 @@ def _pad_to_window(y: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     return np.pad(y, (0, max(0, recipe.window_samples + recipe.n_fft - len(y))))
 
 
+def _clean_audio(path: Path, recipe: FeatureRecipe, config: ViewConfig) -> np.ndarray:
+    """The file at ``recipe``'s rate, cut to ``config.max_seconds`` and padded to at least a window."""
+    sr = recipe.sample_rate
+    return _pad_to_window(read_audio(path, sr)[: round(config.max_seconds * sr)], recipe)
+
+
 def _teacher_outputs(path: Path, teacher: GenreModel, config: ViewConfig) -> dict[str, np.ndarray]:
     """The teacher's raw log-probabilities and embedding for clean windows every ``teacher_hop_s``."""
     trecipe = teacher.recipe
-    clean = _pad_to_window(read_audio(path, trecipe.sample_rate)[: round(config.max_seconds * trecipe.sample_rate)],
-                           trecipe)
-    frames = log_mel(clean, trecipe)
+    frames = log_mel(_clean_audio(path, trecipe, config), trecipe)
     hop = max(1, trecipe.seconds_to_frames(config.teacher_hop_s))
     starts = list(window_starts(frames.shape[1], trecipe.n_frames, hop))
     probs, embedding = teacher.predict(windows_from_frames(frames, trecipe, starts), batch_size=32, calibrated=False)
@@ -157,8 +161,7 @@ def _teacher_outputs(path: Path, teacher: GenreModel, config: ViewConfig) -> dic
 def _views(path: Path, recipe: FeatureRecipe, config: ViewConfig) -> tuple[list[np.ndarray], list[float]]:
     """The clean and ``config.views - 1`` damaged student log-mels of a file, and their speeds."""
     rng = np.random.default_rng([config.seed, int(hashlib.sha1(str(path).encode()).hexdigest()[:8], 16)])
-    clean = _pad_to_window(read_audio(path, recipe.sample_rate)[: round(config.max_seconds * recipe.sample_rate)],
-                           recipe)
+    clean = _clean_audio(path, recipe, config)
     views, speeds = [log_mel(clean, recipe).astype(np.float16)], [1.0]
     for _ in range(config.views - 1):
         damaged, speed = _damage(clean, recipe.sample_rate, config, rng)

@@ -132,7 +132,11 @@ def build(source: Path, out: Path, branches: Sequence[str], data: Path = MINI_RO
                          level_max_gain_db=max_gain_db)
     tagger = prune(onnx.load(str(source)), branches)
     tag_names = [f"{b}_tags" for b in branches]
-    head_names = tag_names if head_input == "tags" else ["embedding"]
+    name = "+".join(branches)
+    if head_input == "tags":
+        head_names, head_what, default_version = tag_names, "tag probabilities", f"musicnn-{name}-head-level-2"
+    else:
+        head_names, head_what, default_version = ["embedding"], "penultimate layer", f"musicnn-{name}-embedding-head"
     session = make_session(tagger.SerializeToString(), threads=1)
     windows, owner = [], []
     for i, f in enumerate(frames):
@@ -150,11 +154,9 @@ def build(source: Path, out: Path, branches: Sequence[str], data: Path = MINI_RO
     model = bake_head(tagger, head.weight, head.bias, head_names)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
-    name = "+".join(branches)
-    head_what = "tag probabilities" if head_input == "tags" else "penultimate layer"
     sidecar = build_sidecar(
         recipe, list(GTZAN_GENRES), hop_frames, 200 * len(branches),
-        version or (f"musicnn-{name}-head-level-2" if head_input == "tags" else f"musicnn-{name}-embedding-head"),
+        version or default_version,
         temperature=temperature["temperature"],
         description=(f"musicnn tagger(s) {name} (Pons & Serra, ISC licence; pruned from model/genre_cnn.onnx) "
                      f"with a logistic genre head on their {head_what}. Outputs: "

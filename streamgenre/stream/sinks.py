@@ -233,18 +233,17 @@ class RedisSink:
         """
         if not self.up:
             return False
+        # MAXLEN bounds a long stream; the TTL frees the timeline of one that ended.
         renew = self._due_for_renewal(timeline) if self.timeline_ttl_s else []
+        renewed_ttl_s = round(self.timeline_ttl_s + self.timeline_renew_s)
         deadline = time.monotonic() + self.retry_s
         while True:
             try:
                 pipe = self.client.pipeline(transaction=False)
                 for stream_id, value in timeline:
                     pipe.xadd(self.key(stream_id, "timeline"), {"json": value}, maxlen=self.maxlen, approximate=True)
-                if self.timeline_ttl_s:
-                    # MAXLEN bounds a long stream; the TTL frees the timeline of one that ended.
-                    ttl_s = round(self.timeline_ttl_s + self.timeline_renew_s)
-                    for stream_id in renew:
-                        pipe.expire(self.key(stream_id, "timeline"), ttl_s)
+                for stream_id in renew:
+                    pipe.expire(self.key(stream_id, "timeline"), renewed_ttl_s)
                 for stream_id, value in latest.items():
                     pipe.set(self.key(stream_id, "latest"), value, ex=self.ttl_s)
                 for stream_id, value in segments:
