@@ -63,7 +63,7 @@ from training.corpus import CorpusFile, sampling_weights, scan_corpus
 from training.data import load_split
 from training.distill_scale import distillation_loss, student_recipe
 from training.distill_views import LABELS, FileViews, ViewConfig, init_worker, prepare_file
-from training.evaluate import evaluate_onnx
+from training.evaluate import evaluate_onnx, write_training_report
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -277,10 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "p_channel": args.p_channel,
         "teacher_windows": int(sum(len(i.teacher_centres_s) for i in items)),
         "training": summary,
-        "mini_test": {k: result[k] for k in ("clip_accuracy", "window_accuracy", "macro_f1", "n_clips", "confusion")},
     }
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    print(f"gtzan-mini test (50 clips): clip {result['clip_accuracy']:.1%}, window {result['window_accuracy']:.1%}")
+    write_training_report(args.out, report, result)
     return 0
 
 

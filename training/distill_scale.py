@@ -51,7 +51,7 @@ from training import yamnet
 from training.cnn import build_model, count_parameters, default_recipe, export_onnx
 from training.corpus import AugmentConfig, Augmenter, Corpus, gtzan_genre, scan_corpus
 from training.data import GTZAN_GENRES, load_split, read_audio
-from training.evaluate import evaluate_onnx
+from training.evaluate import evaluate_onnx, write_training_report
 
 log = logging.getLogger(__name__)
 LABELS = list(GTZAN_GENRES)
@@ -395,10 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": corpus.summary(),
         "teacher_head": {k: v for k, v in head.items() if k not in ("W", "b")},
         "training": summary,
-        "mini_test": {k: result[k] for k in ("clip_accuracy", "window_accuracy", "macro_f1", "n_clips", "confusion")},
     }
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    print(f"gtzan-mini test (50 clips): clip {result['clip_accuracy']:.1%}, window {result['window_accuracy']:.1%}")
+    write_training_report(args.out, report, result)
     return 0
 
 

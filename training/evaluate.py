@@ -194,6 +194,13 @@ def evaluate_onnx(
     }
 
 
+def write_training_report(out: Path, report: dict[str, Any], result: dict[str, Any]) -> None:
+    """Write a training run's ``report.json`` with its mini_test summary (from :func:`evaluate_onnx`) last."""
+    summary = {k: result[k] for k in ("clip_accuracy", "window_accuracy", "macro_f1", "n_clips", "confusion")}
+    (out / "report.json").write_text(json.dumps({**report, "mini_test": summary}, indent=1, default=str))
+    print(f"gtzan-mini test (50 clips): clip {result['clip_accuracy']:.1%}, window {result['window_accuracy']:.1%}")
+
+
 def plot_confusion(confusion: Sequence[Sequence[int]], labels: list[str], title: str, path: Path) -> None:
     """Draw a confusion matrix (rows = true, columns = predicted) as a PNG with counts."""
     import matplotlib
