@@ -225,7 +225,7 @@ def default_recipe() -> FeatureRecipe:
     """The paper CNN's front end: 22.05 kHz, 2048-point FFT, hop 512, 128 mels, dB, 128 frames.
 
     128 frames at hop 512 are 3.04 s of audio per window. ``mean``/``std`` are placeholders
-    until :func:`training.train.fit_normaliser` estimates them on a training set.
+    until :func:`training.train_windows.fit_normaliser` estimates them on a training set.
     """
     return FeatureRecipe(
         sample_rate=22050,
