@@ -7,6 +7,7 @@ from pathlib import Path
 
 import librosa
 import numpy as np
+import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
@@ -15,10 +16,10 @@ from streamgenre.model.features import log_mel
 from training import distill_views
 from training.augment import band_limit, coloured_noise
 from training.channel import ChannelSimulator, band_gains
-from training.cnn import build_random_onnx, default_recipe
+from training.cnn import build_model, build_random_onnx, default_recipe, export_onnx, load_exported_weights
 from training.corpus import CorpusFile, scan_corpus
 from training.data import GTZAN_GENRES
-from training.distill_offline import ViewSampler
+from training.distill_offline import ViewSampler, train
 from training.distill_views import FileViews, ViewConfig, prepare_file
 
 RATE = 22050
@@ -133,3 +134,44 @@ def test_channel_noise_is_added_at_the_drawn_snr_and_the_sampler_keeps_clean_tar
     # Same crops and the same clean targets; only the inputs went through channels.
     assert torch.equal(plain[1], through[1]) and not torch.allclose(plain[0], through[0])
     assert np.isfinite(through[0].numpy()).all()
+
+
+def test_an_exported_student_loads_back_into_torch_and_computes_the_same(tmp_path: Path) -> None:
+    """Batch norm is folded into the convs on export; loading it back must not change the function."""
+    model = build_model(RECIPE.n_mels, RECIPE.n_frames, 10, seed=3, center_input=True, widths=(8, 16, 24, 32))
+    with torch.no_grad():  # trained-looking batch-norm statistics, so that folding them matters
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    path = tmp_path / "student.onnx"
+    export_onnx(model, RECIPE, list(GTZAN_GENRES), path)
+    loaded = build_model(RECIPE.n_mels, RECIPE.n_frames, 10, seed=9, center_input=True, widths=(8, 16, 24, 32))
+    load_exported_weights(loaded, path)
+    x = torch.randn(4, 1, RECIPE.n_mels, RECIPE.n_frames)
+    loaded.eval()
+    with torch.no_grad():
+        probs = torch.softmax(loaded(x)[0], 1).numpy()
+    served = ort.InferenceSession(str(path)).run(["probs"], {"logmel": x.numpy()})[0]
+    assert np.allclose(probs, served, atol=1e-5)
+    other = build_model(RECIPE.n_mels, RECIPE.n_frames, 10, widths=(8, 16, 24, 48), center_input=True)
+    with pytest.raises(ValueError, match="conv"):
+        load_exported_weights(other, path)
+
+
+def test_training_continues_from_an_exported_student(tmp_path: Path, teacher: Path) -> None:
+    """A warm restart starts from the file's function, not from a random model."""
+    items = [prepare_file((tone(tmp_path / "c" / "rock.00011.wav", 8.0, 330.0), RECIPE, ViewConfig(views=2),
+                           str(teacher), tmp_path / "k"))]
+    sampler = ViewSampler(items, RECIPE, seed=1)
+    widths = (8, 16, 24, 32)
+    first = tmp_path / "first"
+    train(sampler, RECIPE, first, minutes=0.0, kd_temperature=1.0, widths=widths, version="v1")
+    summary = train(sampler, RECIPE, tmp_path / "second", minutes=0.0, kd_temperature=1.0, widths=widths,
+                    seed=5, init=first / "genre_cnn.onnx", version="v2")
+    x = np.random.default_rng(0).standard_normal((3, 1, RECIPE.n_mels, RECIPE.n_frames)).astype(np.float32)
+    before, after = (ort.InferenceSession(str(d / "genre_cnn.onnx")).run(["probs"], {"logmel": x})[0]
+                     for d in (first, tmp_path / "second"))
+    assert np.allclose(before, after, atol=1e-5)  # zero steps: the seed-5 model was replaced by the file's
+    assert summary["initialised_from"] == str(first / "genre_cnn.onnx") and summary["steps"] == 0

@@ -23,7 +23,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from streamgenre.model.contract import build_sidecar
@@ -203,6 +205,46 @@ def export_onnx(
     )
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def load_exported_weights(model: PaperCNN, path: Path | str) -> None:
+    """Load the weights of a graph written by :func:`export_onnx` back into ``model``.
+
+    For fine-tuning a model whose torch weights were not kept (``model/`` holds only ONNX).
+    The exporter folds each batch norm into the conv before it, so the file has a conv weight and
+    bias per block and no batch-norm statistics. Each batch norm is set to the identity with the
+    conv's bias as its shift: in eval mode ``model`` then computes exactly the exported graph. In
+    train mode batch norm would normalise by batch statistics instead, a different function, so
+    fine-tuning keeps the batch norms in eval mode (their scale and shift still learn).
+
+    Raises
+    ------
+    ValueError
+        When the graph's blocks or dense layers do not match ``model``'s architecture.
+    """
+    graph = onnx.load(str(path)).graph
+    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    blocks = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    if len(convs) != len(blocks) or any(len(n.input) != 3 for n in convs):
+        raise ValueError(f"{path}: {len(convs)} conv nodes with folded bias expected {len(blocks)}")
+    with torch.no_grad():
+        for node, conv, norm in zip(convs, blocks, norms, strict=True):
+            weight, bias = weights[node.input[1]], weights[node.input[2]]
+            if weight.shape != conv.weight.shape:
+                raise ValueError(f"{path}: conv {node.input[1]} is {tuple(weight.shape)}, "
+                                 f"the model's {tuple(conv.weight.shape)}")
+            conv.weight.copy_(weight)
+            norm.weight.fill_(1.0)
+            norm.bias.copy_(bias)
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+        dense = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
+        expected = {k for k in model.state_dict() if k.startswith(("head.", "classifier."))}
+        if set(dense) != expected or any(dense[k].shape != model.state_dict()[k].shape for k in dense):
+            raise ValueError(f"{path}: dense layers {sorted(dense)} do not match the model's {sorted(expected)}")
+        model.load_state_dict(dense, strict=False)
 
 
 def build_random_onnx(

@@ -58,7 +58,7 @@ from tqdm import tqdm
 from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import FeatureRecipe, window_input
 from training.channel import ChannelSimulator
-from training.cnn import build_model, count_parameters, export_onnx
+from training.cnn import build_model, count_parameters, export_onnx, load_exported_weights
 from training.corpus import CorpusFile, sampling_weights, scan_corpus
 from training.data import load_split
 from training.distill_scale import distillation_loss, student_recipe
@@ -144,33 +144,68 @@ class ViewSampler:
         return xs, logp, emb, y
 
 
+def fit_projection(model: nn.Module, sampler: ViewSampler, projection: nn.Linear, emb_mean: torch.Tensor,
+                   emb_std: torch.Tensor, crops: int = 4096, ridge: float = 1e-2) -> None:
+    """Set ``projection`` to the ridge regression of the teacher's embedding on the model's.
+
+    Used when training starts from a trained student: a random projection would send large
+    cosine-loss gradients into weights that already fit, undoing them in the first steps.
+    """
+    model.eval()
+    with torch.no_grad():
+        pairs = [sampler.batch(256) for _ in range(crops // 256)]
+        student = torch.cat([model(x)[1] for x, _, _, _ in pairs])
+        teacher = torch.cat([(emb - emb_mean) / emb_std for _, _, emb, _ in pairs])
+        design = torch.cat([student, torch.ones(len(student), 1)], dim=1)
+        gram = design.T @ design + ridge * len(design) * torch.eye(design.shape[1])
+        solution = torch.linalg.solve(gram, design.T @ teacher)
+        projection.weight.copy_(solution[:-1].T)
+        projection.bias.copy_(solution[-1])
+
+
 def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: float, *,
           kd_temperature: float, seed: int = 0, widths: tuple[int, ...] = (24, 48, 96, 192), batch: int = 64,
           emb_weight: float = 1.0, label_weight: float = 0.3, checkpoint_min: float = 10.0,
-          **sidecar: Any) -> dict[str, Any]:
-    """Train for ``minutes`` of wall clock; export ONNX checkpoints to ``out_dir`` as it goes."""
+          lr: float = 2e-3, init: Path | None = None, **sidecar: Any) -> dict[str, Any]:
+    """Train for ``minutes`` of wall clock; export ONNX checkpoints to ``out_dir`` as it goes.
+
+    ``init``: an exported student to continue from (a warm restart: the learning rate rises to
+    ``lr`` again and decays over ``minutes``), its batch norms frozen
+    (:func:`training.cnn.load_exported_weights`).
+    """
     torch.manual_seed(seed)
     model = build_model(recipe.n_mels, recipe.n_frames, len(LABELS), seed=seed, center_input=True, widths=widths)
     emb_dim = sampler.items[0].teacher_embedding.shape[1]
     projection = nn.Linear(model.embedding_dim, emb_dim)
-    optimiser = torch.optim.AdamW([*model.parameters(), *projection.parameters()], lr=2e-3, weight_decay=1e-4)
     every = np.concatenate([i.teacher_embedding for i in sampler.items]).astype(np.float32)
     emb_mean, emb_std = torch.from_numpy(every.mean(0)), torch.from_numpy(every.std(0) + 1e-3)
+    if init is not None:
+        load_exported_weights(model, init)
+        fit_projection(model, sampler, projection, emb_mean, emb_std)
+    optimiser = torch.optim.AdamW([*model.parameters(), *projection.parameters()], lr=lr, weight_decay=1e-4)
     onnx_path = out_dir / "genre_cnn.onnx"
     history: list[dict[str, float]] = []
+
+    def training_mode() -> None:
+        model.train()
+        if init is not None:
+            for norm in model.modules():
+                if isinstance(norm, nn.BatchNorm2d):
+                    norm.eval()
 
     def export(step: int) -> None:
         export_onnx(model, recipe, LABELS, onnx_path, hop_frames=recipe.n_frames // 2, steps=step,
                     examples_seen=step * batch, **sidecar)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        training_mode()  # the export leaves every module in train mode
 
     start = last = time.monotonic()
     step = 0
-    model.train()
+    training_mode()
     with tqdm(desc="train student", total=round(minutes * 60), unit="s") as bar:
         while (elapsed := time.monotonic() - start) < minutes * 60:
             for group in optimiser.param_groups:  # cosine decay over the planned time
-                group["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * elapsed / (minutes * 60)))
+                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * elapsed / (minutes * 60)))
             x, t_logp, t_emb, labels = sampler.batch(batch)
             logits, embedding = model(x)
             loss, parts = distillation_loss(logits, embedding, projection, t_logp, (t_emb - emb_mean) / emb_std,
@@ -190,7 +225,8 @@ def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: f
                 last = time.monotonic()
     export(step)
     return {"steps": step, "examples_seen": step * batch, "minutes": round((time.monotonic() - start) / 60, 1),
-            "batch": batch, "kd_temperature": kd_temperature, "emb_weight": emb_weight, "label_weight": label_weight,
+            "batch": batch, "lr": lr, "initialised_from": str(init) if init else None,
+            "kd_temperature": kd_temperature, "emb_weight": emb_weight, "label_weight": label_weight,
             "widths": list(widths), "n_parameters": count_parameters(model), "history": history}
 
 
@@ -235,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=max(1, (mp.cpu_count() or 1)), help="torch threads")
     parser.add_argument("--hours", type=float, default=None, help="use only this many hours of the corpus "
                         "(a seeded random subset of files, for the learning curve)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="an exported student (ONNX) to continue training from, same recipe and widths")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay over --minutes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", help="the student's version in its sidecar "
                         "(default: distilled-offline-2 with simulated channels, distilled-offline without)")
@@ -242,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     recipe = student_recipe(args.gtzan_mini)
+    if args.init is not None and GenreModel(args.init).recipe != recipe:
+        parser.error(f"--init {args.init}: its feature recipe differs from the student's ({recipe})")
     config = ViewConfig(views=args.views, max_seconds=args.max_seconds, p_band=args.p_band, p_mp3=args.p_mp3,
                         p_noise=args.p_noise, seed=args.seed)
     corpus = scan_corpus(args.corpus)  # warns about each file that does not decode
@@ -266,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     kd_temperature = args.kd_temperature or teacher.spec.temperature
     summary = train(sampler, recipe, args.out, args.minutes, seed=args.seed, widths=tuple(args.widths),
-                    kd_temperature=kd_temperature,
+                    kd_temperature=kd_temperature, lr=args.lr, init=args.init,
                     version=args.version or ("distilled-offline-2" if args.p_channel > 0 else "distilled-offline"),
                     teacher=f"{teacher.version} ({args.teacher.name}), raw probabilities on clean audio",
                     trained_on=corpus.summary(), **inherited_calibration(teacher))
