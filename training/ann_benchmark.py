@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from streamgenre.model.similarity import l2_normalise
-from training.similarity_eval import REPORT_DIR
+from training.data import REPORT_DIR
 
 #: Data sets of the ANN benchmark (see :func:`_benchmark_data`).
 BENCH_KINDS: tuple[str, ...] = ("random", "lowrank", "clustered")

@@ -45,14 +45,13 @@ from musicnn import models as musicnn_models
 from onnx import TensorProto, helper, numpy_helper
 
 from streamgenre.model.contract import build_sidecar, make_session, run_batched, session_throughput
-from training.data import GTZAN_GENRES, load_split
+from training.data import GTZAN_GENRES, REPORT_DIR, load_split
 from training.fit_head import (
     EXAMPLES_ROOT,
     HOP_FRAMES,
     MINI_ROOT,
     MODEL_PATH,
     RECIPE,
-    REPORT_DIR,
     Head,
     classification_metrics,
     clip_inputs,

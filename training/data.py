@@ -63,8 +63,11 @@ SPLIT_LISTS: dict[str, dict[str, str]] = {
 }
 PROTOCOLS: tuple[str, ...] = ("filtered", "random", "mini")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+#: The repository root, and the folder of the committed model reports (``model/report``).
+REPO = Path(__file__).resolve().parents[1]
+REPORT_DIR = REPO / "model" / "report"
 #: Default on-disk cache of features (git-ignored).
-DEFAULT_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "features"
+DEFAULT_CACHE = REPO / ".cache" / "features"
 
 
 class DatasetNotFoundError(FileNotFoundError):

@@ -60,13 +60,12 @@ from streamgenre.model.features import FeatureRecipe, window_input
 from training.channel import ChannelSimulator
 from training.cnn import build_model, count_parameters, export_onnx, load_exported_weights
 from training.corpus import CorpusFile, sampling_weights, scan_corpus
-from training.data import load_split
+from training.data import REPO, load_split
 from training.distill_scale import distillation_loss, student_recipe
 from training.distill_views import LABELS, FileViews, ViewConfig, init_worker, prepare_file
 from training.evaluate import evaluate_onnx, write_training_report
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
 
 
 class ViewSampler:

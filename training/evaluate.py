@@ -33,6 +33,8 @@ from streamgenre.model.features import FeatureRecipe
 from training.data import (
     DEFAULT_CACHE,
     PROTOCOLS,
+    REPO,
+    REPORT_DIR,
     Clip,
     DatasetNotFoundError,
     cached_log_mel,
@@ -42,8 +44,6 @@ from training.data import (
     windows_from_frames,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_REPORT = REPO / "model" / "report"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "gtzan"
 #: Protocols whose confusion matrix is drawn into the report folder (``gtzan-mini`` results
 #: are smoke figures; their plots belong to whoever ships the model evaluated on it).
@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=PROTOCOLS, nargs="+", default=["filtered", "random"])
     parser.add_argument("--split", choices=("train", "valid", "test"), default="test")
     parser.add_argument("--name", help="key of this model in metrics.json (default: the model's file stem)")
-    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="report folder")
+    parser.add_argument("--report", type=Path, default=REPORT_DIR, help="report folder")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="feature cache folder")
     args = parser.parse_args(argv)
     try:

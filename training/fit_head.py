@@ -30,14 +30,12 @@ from tqdm import tqdm
 
 from streamgenre.model.contract import GenreModel, calibrate, run_batched
 from streamgenre.model.features import FeatureRecipe, clip_windows
-from training.data import GTZAN_GENRES, Clip, load_split, read_audio
+from training.data import GTZAN_GENRES, REPO, REPORT_DIR, Clip, load_split, read_audio
 from training.musicnn_tags import MSD_TAGS, MTT_TAGS, normalised_scores, zero_shot_scores
 
-REPO = Path(__file__).resolve().parents[1]
 MINI_ROOT = REPO.parent / "shared" / "data" / "gtzan-mini"
 EXAMPLES_ROOT = REPO.parent / "shared" / "data" / "examples"
 MODEL_PATH = REPO / "model" / "genre_cnn.onnx"
-REPORT_DIR = REPO / "model" / "report"
 
 #: musicnn's front end (16 kHz, 512-point FFT, hop 256, 96 Slaney mels up to 8 kHz, power
 #: spectrogram, ``log10(10000·S + 1)``) in float32, with identity normalisation: the model

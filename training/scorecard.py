@@ -46,12 +46,18 @@ from streamgenre.model.audio import load_audio
 from streamgenre.model.contract import GenreModel, ModelError, calibrate, make_session, session_throughput
 from streamgenre.model.features import clip_windows, window_starts, windows_from_frames
 from training.calibration import expected_calibration_error
-from training.data import DEFAULT_CACHE, Clip, DatasetNotFoundError, cached_log_mel, drop_unreadable, load_split
+from training.data import (
+    DEFAULT_CACHE,
+    REPORT_DIR,
+    Clip,
+    DatasetNotFoundError,
+    cached_log_mel,
+    drop_unreadable,
+    load_split,
+)
 from training.evaluate import clip_inputs, plot_confusion, score
 from training.fit_head import EXAMPLES_ROOT, MINI_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-REPORT_ROOT = REPO / "model" / "report"
 DEFAULT_GAINS_DB = (-20.0, -40.0)
 
 
@@ -181,7 +187,7 @@ STAGES = ("mini", "levels", "examples", "cost")
 
 def scorecard(model_path: Path, name: str, data: Path = MINI_ROOT, examples: Path = EXAMPLES_ROOT,
               gains_db: Sequence[float] = DEFAULT_GAINS_DB, batch: int = 16, seconds: float = 5.0,
-              reference: bool = False, cache_dir: Path | None = DEFAULT_CACHE, report_root: Path = REPORT_ROOT,
+              reference: bool = False, cache_dir: Path | None = DEFAULT_CACHE, report_root: Path = REPORT_DIR,
               stages: Sequence[str] = STAGES) -> dict[str, Any]:
     """Measure one model; write ``<report_root>/<name>/report.json`` and ``confusion.png``.
 
@@ -239,7 +245,7 @@ def _times(ratio: float | None) -> str:
     return "–" if ratio is None else f"{ratio:,.2f}×"  # measured only with --reference
 
 
-def table(report_root: Path = REPORT_ROOT) -> str:
+def table(report_root: Path = REPORT_DIR) -> str:
     """The model card's table: one row per ``<report_root>/*/report.json``, cheapest first."""
     reports = [json.loads(p.read_text()) for p in sorted(report_root.glob("*/report.json"))]
     reports.sort(key=lambda r: -r["cost"]["windows_per_cpu_s"])
@@ -274,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="windows per inference call for the cost")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per cost measurement")
     parser.add_argument("--reference", action="store_true", help="also time the paper CNN (needs torch)")
-    parser.add_argument("--report-root", type=Path, default=REPORT_ROOT)
+    parser.add_argument("--report-root", type=Path, default=REPORT_DIR)
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                         help="a subset only prints its figures (no report is written)")
     parser.add_argument("--table", action="store_true", help="print the model card table and exit")

@@ -39,9 +39,8 @@ from tqdm import tqdm
 from streamgenre.model.contract import GenreModel
 from streamgenre.model.features import log_mel
 from streamgenre.model.similarity import embed_audio, l2_normalise, load_audio
-from training.data import DatasetNotFoundError, load_split
+from training.data import REPORT_DIR, DatasetNotFoundError, load_split
 
-REPORT_DIR = Path(__file__).resolve().parents[1] / "model" / "report"
 K_VALUES: tuple[int, ...] = (1, 5, 10)
 KNN_K = 5
 PROTOCOL_ORDER: tuple[str, ...] = ("filtered", "random", "mini")

@@ -55,6 +55,7 @@ from training.cnn import benchmark_onnx, build_model, count_parameters, default_
 from training.data import (
     DEFAULT_CACHE,
     PROTOCOLS,
+    REPORT_DIR,
     Clip,
     DatasetNotFoundError,
     drop_unreadable,
@@ -65,7 +66,6 @@ from training.data import (
 from training.distill import teacher_targets
 from training.evaluate import (
     DEFAULT_DATA,
-    DEFAULT_REPORT,
     evaluate_onnx,
     plot_confusion,
     write_report,
@@ -276,7 +276,7 @@ def run_protocol(
     protocol: str,
     out_dir: Path,
     config: TrainConfig,
-    report_dir: Path | None = DEFAULT_REPORT,
+    report_dir: Path | None = REPORT_DIR,
     cache_dir: Path | None = DEFAULT_CACHE,
     recipe: FeatureRecipe | None = None,
     teacher: Path | None = None,
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=Path("build/paper_cnn"), help="models go to OUT/<protocol>/"
     )
     parser.add_argument(
-        "--report", type=Path, default=DEFAULT_REPORT, help="report folder (metrics.json, report.md)"
+        "--report", type=Path, default=REPORT_DIR, help="report folder (metrics.json, report.md)"
     )
     parser.add_argument("--no-report", action="store_true", help="write only to OUT")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="feature cache folder")
