@@ -146,7 +146,9 @@ def test_an_exported_student_loads_back_into_torch_and_computes_the_same(tmp_pat
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.5, 0.5)
     path = tmp_path / "student.onnx"
+    model.features[1].eval()  # a frozen batch norm, as in fine-tuning
     export_onnx(model, RECIPE, list(GTZAN_GENRES), path)
+    assert model.training and not model.features[1].training  # each module's mode kept
     loaded = build_model(RECIPE.n_mels, RECIPE.n_frames, 10, seed=9, center_input=True, widths=(8, 16, 24, 32))
     load_exported_weights(loaded, path)
     x = torch.randn(4, 1, RECIPE.n_mels, RECIPE.n_frames)

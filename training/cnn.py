@@ -152,8 +152,8 @@ def export_onnx(
     Parameters
     ----------
     model : PaperCNN
-        Exported in eval mode (dropout off, batch norm uses its running statistics); the
-        model's own mode is restored afterwards.
+        Exported in eval mode (dropout off, batch norm uses its running statistics); each
+        module's own mode is restored afterwards.
     recipe, labels, hop_frames, version, **extra :
         Written to the sidecar by :func:`sidecar`. ``hop_frames`` defaults to half a window.
     path : Path or str
@@ -171,7 +171,8 @@ def export_onnx(
     expected = (1, recipe.n_mels, recipe.n_frames)
     if model.input_shape != expected:
         raise ValueError(f"model expects {model.input_shape}, recipe gives {expected}")
-    was_training = model.training
+    # Each module's own mode, not just the model's: fine-tuning may keep some (batch norm) in eval.
+    modes = {module: module.training for module in model.modules()}
     model.eval()
     example = torch.zeros((2, *model.input_shape), dtype=torch.float32)
     try:
@@ -192,7 +193,8 @@ def export_onnx(
                 dynamo=False,
             )
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.train(training)
     meta = build_sidecar(
         recipe,
         labels,
@@ -241,8 +243,9 @@ def load_exported_weights(model: PaperCNN, path: Path | str) -> None:
             norm.running_mean.zero_()
             norm.running_var.fill_(1.0 - norm.eps)
         dense = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
-        expected = {k for k in model.state_dict() if k.startswith(("head.", "classifier."))}
-        if set(dense) != expected or any(dense[k].shape != model.state_dict()[k].shape for k in dense):
+        state = model.state_dict()
+        expected = {k for k in state if k.startswith(("head.", "classifier."))}
+        if set(dense) != expected or any(dense[k].shape != state[k].shape for k in dense):
             raise ValueError(f"{path}: dense layers {sorted(dense)} do not match the model's {sorted(expected)}")
         model.load_state_dict(dense, strict=False)
 

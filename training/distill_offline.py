@@ -185,22 +185,18 @@ def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: f
     onnx_path = out_dir / "genre_cnn.onnx"
     history: list[dict[str, float]] = []
 
-    def training_mode() -> None:
-        model.train()
-        if init is not None:
-            for norm in model.modules():
-                if isinstance(norm, nn.BatchNorm2d):
-                    norm.eval()
-
     def export(step: int) -> None:
         export_onnx(model, recipe, LABELS, onnx_path, hop_frames=recipe.n_frames // 2, steps=step,
                     examples_seen=step * batch, **sidecar)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-        training_mode()  # the export leaves every module in train mode
 
     start = last = time.monotonic()
     step = 0
-    training_mode()
+    model.train()
+    if init is not None:  # batch norms stay frozen (export_onnx keeps each module's mode)
+        for norm in model.modules():
+            if isinstance(norm, nn.BatchNorm2d):
+                norm.eval()
     with tqdm(desc="train student", total=round(minutes * 60), unit="s") as bar:
         while (elapsed := time.monotonic() - start) < minutes * 60:
             for group in optimiser.param_groups:  # cosine decay over the planned time
