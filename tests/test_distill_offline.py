@@ -177,3 +177,26 @@ def test_training_continues_from_an_exported_student(tmp_path: Path, teacher: Pa
                      for d in (first, tmp_path / "second"))
     assert np.allclose(before, after, atol=1e-5)  # zero steps: the seed-5 model was replaced by the file's
     assert summary["initialised_from"] == str(first / "genre_cnn.onnx") and summary["steps"] == 0
+
+
+def test_weight_averaging_starts_from_the_exported_student(tmp_path: Path, teacher: Path) -> None:
+    """SWA's mean begins with the file's weights and takes one more sample every ``average_every`` steps."""
+    items = [prepare_file((tone(tmp_path / "c" / "rock.00011.wav", 8.0, 330.0), RECIPE, ViewConfig(views=2),
+                           str(teacher), tmp_path / "k"))]
+    sampler = ViewSampler(items, RECIPE, seed=1)
+    widths = (8, 16, 24, 32)
+    first = tmp_path / "first"
+    train(sampler, RECIPE, first, minutes=0.0, kd_temperature=1.0, widths=widths, version="v1")
+    with pytest.raises(ValueError, match="init"):
+        train(sampler, RECIPE, tmp_path / "x", minutes=0.0, kd_temperature=1.0, widths=widths, average_every=1)
+    still = train(sampler, RECIPE, tmp_path / "still", minutes=0.0, kd_temperature=1.0, widths=widths,
+                  init=first / "genre_cnn.onnx", average_every=1, version="v2")
+    x = np.random.default_rng(0).standard_normal((3, 1, RECIPE.n_mels, RECIPE.n_frames)).astype(np.float32)
+    before, after = (ort.InferenceSession(str(d / "genre_cnn.onnx")).run(["probs"], {"logmel": x})[0]
+                     for d in (first, tmp_path / "still"))
+    assert still["weights_averaged"] == 1 and np.allclose(before, after, atol=1e-5)
+    moved = train(sampler, RECIPE, tmp_path / "moved", minutes=0.02, kd_temperature=1.0, widths=widths, batch=4,
+                  init=first / "genre_cnn.onnx", average_every=2, lr=1e-2, version="v3")
+    assert moved["steps"] >= 2 and moved["weights_averaged"] == 1 + moved["steps"] // 2
+    averaged = ort.InferenceSession(str(tmp_path / "moved" / "genre_cnn.onnx")).run(["probs"], {"logmel": x})[0]
+    assert not np.allclose(before, averaged, atol=1e-5)

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from streamgenre.model.contract import GenreModel
@@ -165,13 +166,21 @@ def fit_projection(model: nn.Module, sampler: ViewSampler, projection: nn.Linear
 def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: float, *,
           kd_temperature: float, seed: int = 0, widths: tuple[int, ...] = (24, 48, 96, 192), batch: int = 64,
           emb_weight: float = 1.0, label_weight: float = 0.3, checkpoint_min: float = 10.0,
-          lr: float = 2e-3, init: Path | None = None, **sidecar: Any) -> dict[str, Any]:
+          lr: float = 2e-3, init: Path | None = None, average_every: int | None = None,
+          **sidecar: Any) -> dict[str, Any]:
     """Train for ``minutes`` of wall clock; export ONNX checkpoints to ``out_dir`` as it goes.
 
     ``init``: an exported student to continue from (a warm restart: the learning rate rises to
     ``lr`` again and decays over ``minutes``), its batch norms frozen
     (:func:`training.cnn.load_exported_weights`).
+
+    ``average_every``: stochastic weight averaging (Izmailov et al., 2018) instead: the learning
+    rate stays at ``lr`` and what is exported is the running mean of the weights every
+    ``average_every`` steps, starting with ``init``'s. Only from ``init``: its batch norms are
+    frozen, so the averaged convolutions need no recomputed batch statistics.
     """
+    if average_every is not None and init is None:
+        raise ValueError("weight averaging continues from a trained student: pass init")
     torch.manual_seed(seed)
     model = build_model(recipe.n_mels, recipe.n_frames, len(LABELS), seed=seed, center_input=True, widths=widths)
     emb_dim = sampler.items[0].teacher_embedding.shape[1]
@@ -182,11 +191,15 @@ def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: f
         load_exported_weights(model, init)
         fit_projection(model, sampler, projection, emb_mean, emb_std)
     optimiser = torch.optim.AdamW([*model.parameters(), *projection.parameters()], lr=lr, weight_decay=1e-4)
+    averaged = AveragedModel(model) if average_every is not None else None
+    if averaged is not None:
+        averaged.update_parameters(model)
     onnx_path = out_dir / "genre_cnn.onnx"
     history: list[dict[str, float]] = []
 
     def export(step: int) -> None:
-        export_onnx(model, recipe, LABELS, onnx_path, hop_frames=recipe.n_frames // 2, steps=step,
+        served = averaged.module if averaged is not None else model
+        export_onnx(served, recipe, LABELS, onnx_path, hop_frames=recipe.n_frames // 2, steps=step,
                     examples_seen=step * batch, **sidecar)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
 
@@ -199,8 +212,9 @@ def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: f
                 norm.eval()
     with tqdm(desc="train student", total=round(minutes * 60), unit="s") as bar:
         while (elapsed := time.monotonic() - start) < minutes * 60:
-            for group in optimiser.param_groups:  # cosine decay over the planned time
-                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * elapsed / (minutes * 60)))
+            if averaged is None:  # cosine decay over the planned time
+                for group in optimiser.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * elapsed / (minutes * 60)))
             x, t_logp, t_emb, labels = sampler.batch(batch)
             logits, embedding = model(x)
             loss, parts = distillation_loss(logits, embedding, projection, t_logp, (t_emb - emb_mean) / emb_std,
@@ -209,6 +223,8 @@ def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: f
             loss.backward()
             optimiser.step()
             step += 1
+            if averaged is not None and step % average_every == 0:
+                averaged.update_parameters(model)
             if step % 100 == 0:
                 history.append({"step": step, "s": round(elapsed, 1), "loss": round(loss.item(), 4),
                                 **{k: round(v, 4) for k, v in parts.items()}})
@@ -221,6 +237,8 @@ def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: f
     export(step)
     return {"steps": step, "examples_seen": step * batch, "minutes": round((time.monotonic() - start) / 60, 1),
             "batch": batch, "lr": lr, "initialised_from": str(init) if init else None,
+            "weights_averaged": int(averaged.n_averaged) if averaged is not None else None,
+            "average_every": average_every,
             "kd_temperature": kd_temperature, "emb_weight": emb_weight, "label_weight": label_weight,
             "widths": list(widths), "n_parameters": count_parameters(model), "history": history}
 
@@ -269,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path, default=None,
                         help="an exported student (ONNX) to continue training from, same recipe and widths")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay over --minutes)")
+    parser.add_argument("--average-every", type=int, default=None, metavar="STEPS",
+                        help="with --init: stochastic weight averaging, a constant --lr and the mean of the "
+                        "weights every STEPS steps exported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", help="the student's version in its sidecar "
                         "(default: distilled-offline-2 with simulated channels, distilled-offline without)")
@@ -276,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     recipe = student_recipe(args.gtzan_mini)
+    if args.average_every is not None and args.init is None:
+        parser.error("--average-every continues from a trained student: pass --init")
     if args.init is not None and GenreModel(args.init).recipe != recipe:
         parser.error(f"--init {args.init}: its feature recipe differs from the student's ({recipe})")
     config = ViewConfig(views=args.views, max_seconds=args.max_seconds, p_band=args.p_band, p_mp3=args.p_mp3,
@@ -302,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     kd_temperature = args.kd_temperature or teacher.spec.temperature
     summary = train(sampler, recipe, args.out, args.minutes, seed=args.seed, widths=tuple(args.widths),
-                    kd_temperature=kd_temperature, lr=args.lr, init=args.init,
+                    kd_temperature=kd_temperature, lr=args.lr, init=args.init, average_every=args.average_every,
                     version=args.version or ("distilled-offline-2" if args.p_channel > 0 else "distilled-offline"),
                     teacher=f"{teacher.version} ({args.teacher.name}), raw probabilities on clean audio",
                     trained_on=corpus.summary(), **inherited_calibration(teacher))
