@@ -162,15 +162,23 @@ def test_an_exported_student_loads_back_into_torch_and_computes_the_same(tmp_pat
         load_exported_weights(other, path)
 
 
-def test_training_continues_from_an_exported_student(tmp_path: Path, teacher: Path) -> None:
-    """A warm restart starts from the file's function, not from a random model."""
+WIDTHS = (8, 16, 24, 32)
+
+
+def _sampler_and_first_student(tmp_path: Path, teacher: Path) -> tuple[ViewSampler, Path]:
+    """A one-file sampler, and the folder of a student exported from it untrained (zero steps)."""
     items = [prepare_file((tone(tmp_path / "c" / "rock.00011.wav", 8.0, 330.0), RECIPE, ViewConfig(views=2),
                            str(teacher), tmp_path / "k"))]
     sampler = ViewSampler(items, RECIPE, seed=1)
-    widths = (8, 16, 24, 32)
     first = tmp_path / "first"
-    train(sampler, RECIPE, first, minutes=0.0, kd_temperature=1.0, widths=widths, version="v1")
-    summary = train(sampler, RECIPE, tmp_path / "second", minutes=0.0, kd_temperature=1.0, widths=widths,
+    train(sampler, RECIPE, first, minutes=0.0, kd_temperature=1.0, widths=WIDTHS, version="v1")
+    return sampler, first
+
+
+def test_training_continues_from_an_exported_student(tmp_path: Path, teacher: Path) -> None:
+    """A warm restart starts from the file's function, not from a random model."""
+    sampler, first = _sampler_and_first_student(tmp_path, teacher)
+    summary = train(sampler, RECIPE, tmp_path / "second", minutes=0.0, kd_temperature=1.0, widths=WIDTHS,
                     seed=5, init=first / "genre_cnn.onnx", version="v2")
     x = np.random.default_rng(0).standard_normal((3, 1, RECIPE.n_mels, RECIPE.n_frames)).astype(np.float32)
     before, after = (ort.InferenceSession(str(d / "genre_cnn.onnx")).run(["probs"], {"logmel": x})[0]
@@ -181,21 +189,16 @@ def test_training_continues_from_an_exported_student(tmp_path: Path, teacher: Pa
 
 def test_weight_averaging_starts_from_the_exported_student(tmp_path: Path, teacher: Path) -> None:
     """SWA's mean begins with the file's weights and takes one more sample every ``average_every`` steps."""
-    items = [prepare_file((tone(tmp_path / "c" / "rock.00011.wav", 8.0, 330.0), RECIPE, ViewConfig(views=2),
-                           str(teacher), tmp_path / "k"))]
-    sampler = ViewSampler(items, RECIPE, seed=1)
-    widths = (8, 16, 24, 32)
-    first = tmp_path / "first"
-    train(sampler, RECIPE, first, minutes=0.0, kd_temperature=1.0, widths=widths, version="v1")
+    sampler, first = _sampler_and_first_student(tmp_path, teacher)
     with pytest.raises(ValueError, match="init"):
-        train(sampler, RECIPE, tmp_path / "x", minutes=0.0, kd_temperature=1.0, widths=widths, average_every=1)
-    still = train(sampler, RECIPE, tmp_path / "still", minutes=0.0, kd_temperature=1.0, widths=widths,
+        train(sampler, RECIPE, tmp_path / "x", minutes=0.0, kd_temperature=1.0, widths=WIDTHS, average_every=1)
+    still = train(sampler, RECIPE, tmp_path / "still", minutes=0.0, kd_temperature=1.0, widths=WIDTHS,
                   init=first / "genre_cnn.onnx", average_every=1, version="v2")
     x = np.random.default_rng(0).standard_normal((3, 1, RECIPE.n_mels, RECIPE.n_frames)).astype(np.float32)
     before, after = (ort.InferenceSession(str(d / "genre_cnn.onnx")).run(["probs"], {"logmel": x})[0]
                      for d in (first, tmp_path / "still"))
     assert still["weights_averaged"] == 1 and np.allclose(before, after, atol=1e-5)
-    moved = train(sampler, RECIPE, tmp_path / "moved", minutes=0.02, kd_temperature=1.0, widths=widths, batch=4,
+    moved = train(sampler, RECIPE, tmp_path / "moved", minutes=0.02, kd_temperature=1.0, widths=WIDTHS, batch=4,
                   init=first / "genre_cnn.onnx", average_every=2, lr=1e-2, version="v3")
     assert moved["steps"] >= 2 and moved["weights_averaged"] == 1 + moved["steps"] // 2
     averaged = ort.InferenceSession(str(tmp_path / "moved" / "genre_cnn.onnx")).run(["probs"], {"logmel": x})[0]
