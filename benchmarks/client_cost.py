@@ -42,7 +42,10 @@ def consume_kafka_python(job: dict[str, Any]) -> dict[str, float]:
     settings = Settings(bootstrap_servers=job["bootstrap"], input_topic=job["topic"],
                         group_id=f"client-cost-kp-{time.time_ns()}")
     source = ChunkSource(settings, on_revoked=lambda _: None, on_assigned=lambda _: None)
-    return _measure(lambda: [len(r.value) for r in source.poll(timeout_ms=100)], job)
+    try:
+        return _measure(lambda: [len(r.value) for r in source.poll(timeout_ms=100)], job)
+    finally:
+        source.close()
 
 
 def consume_librdkafka(job: dict[str, Any]) -> dict[str, float]:
@@ -136,9 +139,11 @@ def _measure(poll: Callable[[], list[int]], job: dict[str, Any]) -> dict[str, fl
                 cpu0, wall0 = time.process_time(), now
             else:
                 records, payload = records + len(sizes), payload + sum(sizes)
-    span = time.time() - wall0 if wall0 is not None else 0.0
+    if cpu0 is None or wall0 is None:
+        raise RuntimeError("no poll returned inside the measured window: raise --seconds")
+    span = time.time() - wall0
     return {"records_per_s": round(records / span, 1), "mb_per_s": round(payload / span / 1e6, 2),
-            "cpu_s_per_s": round((time.process_time() - cpu0) / span, 4) if cpu0 is not None else 0.0}
+            "cpu_s_per_s": round((time.process_time() - cpu0) / span, 4)}
 
 
 CHILDREN = {"kafka-python": consume_kafka_python, "librdkafka": consume_librdkafka,
@@ -163,16 +168,14 @@ def main() -> int:
     from streamgenre.bench.models import PAPER_CNN
     from streamgenre.bench.producer import start_producer
     from streamgenre.bench.report import machine_info
-    from streamgenre.config import Settings
 
     with DevBroker() as broker:
         settings = run_settings(broker.bootstrap, f"cc{time.time_ns()}", PAPER_CNN, partitions=8)
         start_at = time.time() + 12.0  # both consumers joined and assigned before the first chunk
-        defaults = Settings()
         job = {"bootstrap": broker.bootstrap,
                "from": start_at + args.warmup, "to": start_at + args.warmup + args.seconds,
-               "fetch_min_bytes": defaults.fetch_min_bytes, "fetch_max_wait_ms": defaults.fetch_max_wait_ms,
-               "linger_ms": defaults.producer_linger_ms}
+               "fetch_min_bytes": settings.fetch_min_bytes, "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+               "linger_ms": settings.producer_linger_ms}
         children = {
             name: subprocess.Popen(
                 [args.confluent_python if "librdkafka" in name else sys.executable, __file__, "--child", name, "--job",

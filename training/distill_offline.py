@@ -191,9 +191,10 @@ def train(sampler: ViewSampler, recipe: FeatureRecipe, out_dir: Path, minutes: f
         load_exported_weights(model, init)
         fit_projection(model, sampler, projection, emb_mean, emb_std)
     optimiser = torch.optim.AdamW([*model.parameters(), *projection.parameters()], lr=lr, weight_decay=1e-4)
-    averaged = AveragedModel(model) if average_every is not None else None
-    if averaged is not None:
-        averaged.update_parameters(model)
+    averaged = None
+    if average_every is not None:
+        averaged = AveragedModel(model)
+        averaged.update_parameters(model)  # the mean starts with init's weights
     onnx_path = out_dir / "genre_cnn.onnx"
     history: list[dict[str, float]] = []
 
